@@ -1,0 +1,1 @@
+"""Triton kernels of mentormix-fast, installed as ``mentormix_fast.kernels``."""

@@ -1,0 +1,42 @@
+"""``MentorMixLossFunction``: the mixed soft-label cross-entropy (SPEC §1.8-9) as an autograd.Function.
+
+    loss = MentorMixLossFunction.apply(logits, target, partner, lam, weights)
+
+``logits`` [B, K] (fp16/bf16/fp32/fp64), ``target`` [B] int64, ``partner`` [B] int64 (indices into
+the batch), ``lam`` [B] float, ``weights`` [B] float or None (constants, e.g. the second-reweighting
+weights v2). Forward: ``m_i = lse(z_i) - lam_i z_i[y_i] - (1 - lam_i) z_i[y_{j_i}]`` and
+``L = sum_i(w_i m_i) / B`` returned in fp32 (fp64 for fp64 logits). Backward:
+``dL/dz_i = g * w_i / B * (softmax(z_i) - y~_i)``, written in the logits' dtype.
+
+This plain-PyTorch version saves the per-row logsumexp in the forward and reads the logits once
+more in the backward (the flash-attention pattern); the fused kernels follow the same contract.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import reference
+
+
+class MentorMixLossFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, logits, target, partner, lam, weights=None):
+        z = logits.to(reference._compute_dtype(logits.dtype))
+        lse = torch.logsumexp(z, dim=1)
+        m = reference.mixed_ce(z, target, partner, lam)
+        ctx.save_for_backward(logits, target, partner, lam, lse, weights)
+        return reference.weighted_mean(m, weights)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        logits, target, partner, lam, lse, weights = ctx.saved_tensors
+        grad = None
+        if ctx.needs_input_grad[0]:
+            z = logits.to(lse.dtype)
+            y = reference.soft_targets(target, partner, lam.to(z.dtype), z.shape[1])
+            scale = grad_output.to(z.dtype) / z.shape[0]
+            row = scale if weights is None else scale * weights.to(z.dtype)
+            row = row.expand(z.shape[0]) if row.dim() == 0 else row
+            grad = ((torch.exp(z - lse.unsqueeze(1)) - y) * row.unsqueeze(1)).to(logits.dtype)
+        return grad, None, None, None, None

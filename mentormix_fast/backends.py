@@ -1,0 +1,125 @@
+"""Backend registry and dispatch.
+
+A backend implements the three fused operations of SPEC §4 for some devices:
+
+* ``weights_and_sample(logits, target, loss_ma, epoch, config, weighting, generator, uniform=None,
+  beta=None) -> reference.WeightsAndSample``: steps 2-6. With ``uniform``/``beta`` given it must use
+  those draws (so it can be compared with the reference exactly); otherwise it draws from
+  ``generator`` on the device.
+* ``mix(x, partner, lam) -> x_mixed``: step 7.
+* ``mixed_loss(logits, target, partner, lam, loss_ma_mixed, epoch, config, weighting) ->
+  (loss, new_loss_ma_mixed)``: steps 8-9, the loss differentiable w.r.t. ``logits``.
+
+``"auto"`` picks the first backend in :data:`AUTO_ORDER` that is available and supports the
+tensors' device; ``"reference"`` always works.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import torch
+
+from . import reference
+from .config import MentorMixConfig
+
+AUTO_ORDER = ("cuda", "triton", "cpu", "reference")
+_BACKENDS: dict[str, object] = {}
+_UNAVAILABLE: dict[str, str] = {}
+# Optional backends live in modules that register themselves when imported.
+_OPTIONAL_MODULES = {"triton": "mentormix_fast.triton_backend", "cpu": "mentormix_fast.cpp_backend",
+                     "cuda": "mentormix_fast.cpp_backend"}
+_loaded = False
+
+
+class ReferenceBackend:
+    """Plain PyTorch (mentormix_fast.reference): any device, any float dtype; defines the semantics."""
+
+    name = "reference"
+
+    def supports(self, device: torch.device) -> bool:
+        return True
+
+    def weights_and_sample(self, logits, target, loss_ma, epoch, config: MentorMixConfig, weighting, generator,
+                           uniform=None, beta=None):
+        batch, device = logits.shape[0], logits.device
+        if config.mixup_alpha > 0:
+            uniform = reference.draw_uniform(batch, generator, device) if uniform is None else uniform
+            beta = reference.draw_beta(config.mixup_alpha, batch, generator, device) if beta is None else beta
+        return reference.weights_and_sample(
+            logits, target, loss_ma, epoch, percentile=config.percentile, decay=config.loss_ma_decay,
+            weighting=weighting, burn_in_epoch=config.burn_in_epoch, alpha=config.mixup_alpha,
+            uniform=uniform, beta=beta)
+
+    def mix(self, x, partner, lam):
+        return reference.mix_inputs(x, partner, lam)
+
+    def mixed_loss(self, logits, target, partner, lam, loss_ma_mixed, epoch, config: MentorMixConfig, weighting):
+        out = reference.mixed_loss_step(
+            logits, target, partner, lam, loss_ma_mixed, epoch, second_reweight=config.second_reweight,
+            percentile=config.percentile, decay=config.loss_ma_decay, weighting=weighting,
+            burn_in_epoch=config.burn_in_epoch)
+        return out.loss, out.loss_ma_mixed
+
+
+def register_backend(backend) -> None:
+    """Make ``backend`` (an object with ``name``, ``supports`` and the three operations) selectable."""
+    _BACKENDS[backend.name] = backend
+    _UNAVAILABLE.pop(backend.name, None)
+
+
+def mark_unavailable(name: str, reason: str) -> None:
+    """Record why an optional backend cannot be used here (shown by :func:`backends`)."""
+    if name not in _BACKENDS:
+        _UNAVAILABLE[name] = reason
+
+
+def _load_optional() -> None:
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True
+    for name, module in _OPTIONAL_MODULES.items():
+        if name in _BACKENDS or name in _UNAVAILABLE:
+            continue
+        try:
+            importlib.import_module(module)
+        except Exception as exc:  # an optional backend must never break the import of the package
+            mark_unavailable(name, f"{type(exc).__name__}: {exc}")
+        if name not in _BACKENDS and name not in _UNAVAILABLE:
+            mark_unavailable(name, f"{module} did not register it")
+
+
+def backends() -> dict[str, str]:
+    """Every known backend with ``"available"`` or the reason it is not, e.g.
+    ``{"reference": "available", "triton": "available", "cuda": "no CUDA device"}``."""
+    _load_optional()
+    status = {name: "available" for name in _BACKENDS}
+    status.update(_UNAVAILABLE)
+    return {name: status[name] for name in sorted(status, key=lambda n: (n not in AUTO_ORDER, AUTO_ORDER.index(n)
+                                                                         if n in AUTO_ORDER else 0, n))}
+
+
+def get_backend(name: str, device: torch.device):
+    """The backend object for ``name`` (or the best one for ``device`` when ``name == "auto"``)."""
+    _load_optional()
+    if name == "auto":
+        for candidate in AUTO_ORDER:
+            backend = _BACKENDS.get(candidate)
+            # A backend may support a device without being the best choice there (Triton's CPU
+            # interpreter): ``preferred_for`` says where "auto" should pick it.
+            if backend is not None and getattr(backend, "preferred_for", backend.supports)(device):
+                return backend
+        return _BACKENDS["reference"]
+    if name not in _BACKENDS:
+        known = sorted(set(_BACKENDS) | set(_UNAVAILABLE))
+        reason = _UNAVAILABLE.get(name)
+        detail = f" ({reason})" if reason else f"; known backends: {known}"
+        raise ValueError(f"backend: {name!r} is not available{detail}")
+    backend = _BACKENDS[name]
+    if not backend.supports(device):
+        raise ValueError(f"backend: {name!r} does not support tensors on {device}")
+    return backend
+
+
+register_backend(ReferenceBackend())
