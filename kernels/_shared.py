@@ -1,0 +1,185 @@
+"""Triton building blocks shared by the fused operations (SPEC §1.2-4 and §5).
+
+* :func:`ce_rows_kernel`: per-row cross-entropy (plain or mixed) with an online logsumexp, many rows
+  per program, the logits read once.
+* :func:`radix_select`: the exact k-th smallest of n fp32 values (NaN ranks as +inf), by a 4-pass
+  radix select over 8-bit digits of an order-preserving uint32 key (histogram + cumsum per pass).
+* :func:`row_weights`: step-4 weights (threshold or the folded MentorNet) plus burn-in.
+
+The folded MentorNet parameters come in one fp32 vector (see ``mentormix_fast.triton_backend``):
+``P[0]`` burn-in flag (1.0 while ``e < burn_in_epoch - 1``), ``P[1:7]`` forward LSTM gate terms
+``(k_li, k_di, b_i, k_lj, k_di, b_j)``, ``P[7:13]`` the same for the backward LSTM, then four
+[20] vectors: ``base = E_l[0] W1[0:2] + E_e[e] W1[2:7] + b1``, ``W1[7]``, ``W1[8]``, ``W2 + b2``.
+"""
+
+from __future__ import annotations
+
+import os
+
+import triton
+import triton.language as tl
+
+NUM_FC = 20
+PARAMS_SIZE = 13 + 4 * NUM_FC
+MODE_THRESHOLD = 0
+MODE_MENTORNET = 1
+
+
+def interpreting() -> bool:
+    """True when Triton runs kernels in its Python interpreter (``TRITON_INTERPRET=1``)."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def row_tiling(num_classes: int) -> tuple[int, int, int]:
+    """(ROWS, BLOCK_K, num_warps) for a row-wise pass over [B, K].
+
+    Small K packs many rows in one program (K = 10 -> 16 columns x 256 rows); large K loops over
+    column blocks of one row. The interpreter prefers fewer, larger programs.
+    """
+    tile = 16384 if interpreting() else 4096
+    block_k = min(triton.next_power_of_2(num_classes), 4096)
+    rows = max(1, min(tile // block_k, 256))
+    num_warps = 8 if block_k >= 2048 else 4
+    return rows, block_k, num_warps
+
+
+def reduce_block() -> int:
+    """Chunk length of the single-program O(B) kernels."""
+    return 4096 if interpreting() else 2048
+
+
+@triton.jit
+def _tanh(x):
+    # 1 - 2 / (exp(2x) + 1): saturates correctly at +-inf (exp overflow gives 1, underflow -1).
+    return 1.0 - 2.0 / (tl.exp(2.0 * x) + 1.0)
+
+
+@triton.jit
+def _sigmoid(x):
+    return 1.0 / (1.0 + tl.exp(-x))
+
+
+@triton.jit
+def ce_rows_kernel(z_ptr, stride_z, target_ptr, partner_ptr, lam_ptr, loss_ptr, lse_ptr, B, K,
+                   MIXED: tl.constexpr, ROWS: tl.constexpr, BLOCK_K: tl.constexpr):
+    """Per-row loss over a [ROWS, BLOCK_K] tile walk of the logits, read once.
+
+    Online logsumexp: ``m <- max(m, max_k z)``, ``s <- s * exp(m_old - m) + sum_k exp(z - m)``,
+    ``lse = m + log(s)``. ``MIXED = False``: ``loss = lse - z[y]``; ``MIXED = True``:
+    ``loss = lse - lam z[y] - (1 - lam) z[y[partner]]`` and ``lse`` is stored for the backward.
+    A label outside [0, K) gives a NaN loss; a NaN logit a NaN loss; a +inf logit an inf/NaN loss.
+    """
+    pid = tl.program_id(0)
+    rows = pid * ROWS + tl.arange(0, ROWS)
+    row_ok = rows < B
+    rows64 = rows.to(tl.int64)
+    ya = tl.load(target_ptr + rows64, mask=row_ok, other=0)
+    if MIXED:
+        partner = tl.load(partner_ptr + rows64, mask=row_ok, other=0)
+        yb = tl.load(target_ptr + partner, mask=row_ok, other=0)
+    m = tl.full([ROWS], float("-inf"), tl.float32)
+    s = tl.zeros([ROWS], tl.float32)
+    pa = tl.zeros([ROWS], tl.float32)
+    pb = tl.zeros([ROWS], tl.float32)
+    row_base = z_ptr + rows64[:, None] * stride_z
+    for k0 in range(0, K, BLOCK_K):
+        cols = k0 + tl.arange(0, BLOCK_K)
+        mask = row_ok[:, None] & (cols < K)[None, :]
+        z = tl.load(row_base + cols[None, :], mask=mask, other=float("-inf")).to(tl.float32)
+        m_new = tl.maximum(m, tl.max(z, 1))
+        # A row that is all -inf so far shifts by 0 (avoids -inf - -inf).
+        shift = tl.where(m_new == float("-inf"), 0.0, m_new)
+        s = s * tl.exp(m - shift) + tl.sum(tl.exp(z - shift[:, None]), 1)
+        m = m_new
+        pa += tl.sum(tl.where(cols[None, :] == ya[:, None], z, 0.0), 1)
+        if MIXED:
+            pb += tl.sum(tl.where(cols[None, :] == yb[:, None], z, 0.0), 1)
+    lse = tl.where(m == float("inf"), float("inf"), m + tl.log(s))
+    ok = (ya >= 0) & (ya < K)
+    if MIXED:
+        lam = tl.load(lam_ptr + rows64, mask=row_ok, other=1.0).to(tl.float32)
+        loss = lse - lam * pa - (1.0 - lam) * pb
+        ok = ok & (yb >= 0) & (yb < K)
+        tl.store(lse_ptr + rows64, lse, mask=row_ok)
+    else:
+        loss = lse - pa
+    loss = tl.where(ok, loss, float("nan"))
+    tl.store(loss_ptr + rows64, loss, mask=row_ok)
+
+
+@triton.jit
+def _float_key(x):
+    """fp32 -> uint32 key with the same order (NaN -> the key of +inf)."""
+    x = tl.where(x != x, float("inf"), x)
+    bits = x.to(tl.int32, bitcast=True)
+    flip = (bits >> 31) | -2147483648  # negative: flip all bits; positive: flip the sign bit
+    return (bits ^ flip).to(tl.uint32, bitcast=True)
+
+
+@triton.jit
+def _key_to_float(key):
+    bits = key.to(tl.int32, bitcast=True)
+    flip = tl.where(bits < 0, -2147483648, -1)
+    return (bits ^ flip).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def radix_select(x_ptr, n, k, BLOCK: tl.constexpr):
+    """The value of ascending rank ``k`` (0-based) among ``x[0:n]`` (fp32), exact with ties.
+
+    Four passes over x, one per 8-bit digit from the most significant: histogram the digit of the
+    keys that share the prefix found so far, pick the bin holding rank ``k``, subtract the counts
+    below it. The key is order preserving, so the final prefix is the key of the answer.
+    """
+    prefix = tl.zeros([1], tl.uint32)
+    rank = tl.full([1], 0, tl.int32) + k
+    bins = tl.arange(0, 256)
+    for p in tl.static_range(4):
+        shift: tl.constexpr = 24 - 8 * p
+        hist = tl.zeros([256], tl.int32)
+        for start in range(0, n, BLOCK):
+            offs = start + tl.arange(0, BLOCK)
+            inb = offs < n
+            key = _float_key(tl.load(x_ptr + offs, mask=inb, other=0.0))
+            if p == 0:
+                match = inb
+            else:
+                match = inb & ((key >> (shift + 8)) == prefix)
+            digit = ((key >> shift) & 255).to(tl.int32)
+            hist += tl.histogram(digit, 256, mask=match)
+        cum = tl.cumsum(hist, 0)
+        d = tl.sum((cum <= rank).to(tl.int32), 0)
+        rank = rank - tl.sum(tl.where(bins < d, hist, 0), 0)
+        prefix = (prefix << 8) | d.to(tl.uint32)
+    return tl.sum(_key_to_float(prefix), 0)
+
+
+@triton.jit
+def row_weights(loss, ma, params_ptr, MODE: tl.constexpr):
+    """Step-4 weights of a block of losses against the moving average ``ma`` (then burn-in).
+
+    Threshold: ``v = 1[l < ma]``. MentorNet: ``c = sigmoid(a_i) tanh(a_j)`` per LSTM direction,
+    ``h = tanh(base + c_fw W1[7] + c_bw W1[8])`` [.., 20], ``v = sigmoid(h . (W2 + b2))``;
+    a non-finite loss gets 0. Burn-in (``P[0] != 0``) makes every weight 1.
+    """
+    finite = tl.abs(loss) < float("inf")  # False for NaN and +-inf
+    if MODE == 0:
+        v = (loss < ma).to(tl.float32)
+    else:
+        ls = tl.where(finite, loss, 0.0)
+        d = ls - ma
+        c_fw = _sigmoid(ls * tl.load(params_ptr + 1) + d * tl.load(params_ptr + 2) + tl.load(params_ptr + 3)) * \
+            _tanh(ls * tl.load(params_ptr + 4) + d * tl.load(params_ptr + 5) + tl.load(params_ptr + 6))
+        c_bw = _sigmoid(ls * tl.load(params_ptr + 7) + d * tl.load(params_ptr + 8) + tl.load(params_ptr + 9)) * \
+            _tanh(ls * tl.load(params_ptr + 10) + d * tl.load(params_ptr + 11) + tl.load(params_ptr + 12))
+        j = tl.arange(0, 32)
+        jm = j < 20
+        base = tl.load(params_ptr + 13 + j, mask=jm, other=0.0)
+        w_fw = tl.load(params_ptr + 33 + j, mask=jm, other=0.0)
+        w_bw = tl.load(params_ptr + 53 + j, mask=jm, other=0.0)
+        w2 = tl.load(params_ptr + 73 + j, mask=jm, other=0.0)
+        h = _tanh(base[None, :] + c_fw[:, None] * w_fw[None, :] + c_bw[:, None] * w_bw[None, :])
+        v = _sigmoid(tl.sum(h * w2[None, :], 1))
+        v = tl.where(finite, v, 0.0)
+    burn = tl.load(params_ptr)
+    return tl.where(burn != 0.0, 1.0, v)

@@ -1,0 +1,120 @@
+"""Steps 8-9 (SPEC §1): mixed soft-label CE, optional second reweighting, loss; and its gradient.
+
+Forward: ``m_i = lse(z_i) - lam_i z_i[y_i] - (1 - lam_i) z_i[y_{j_i}]``; without second
+reweighting ``L = mean(m)``; with it ``ma2' = d ma2 + (1 - d) pct(m)``, ``v2 = weights(m, ma2')``
+and ``L = sum(v2 m) / B``. Backward: ``dL/dz_i = g w_i / B (softmax(z_i) - y~_i)`` with
+``y~_i = lam_i onehot(y_i) + (1 - lam_i) onehot(y_{j_i})``, ``w = v2`` or 1.
+
+Passes over the B*K logits (the dominant traffic): forward ONE read, backward ONE read and ONE
+write -- two reads and one write in all, and this is the minimum here:
+
+* with second reweighting, a row's gradient needs ``v2_i``, which depends on the percentile of all
+  B mixed losses, so no row can be finished until every row has been read once; holding the rows
+  on chip across the whole grid is not possible for general B*K, so the backward reads z again
+  (the flash-attention pattern: the forward saves ``lse_i`` [B], the backward recomputes
+  ``softmax(z_i) = exp(z_i - lse_i)`` in one pass);
+* without it, writing the gradient inside the forward (Liger-Kernel's trick) would still need the
+  upstream gradient ``g``, which is only known in the backward; scaling a stored gradient by ``g``
+  costs another read and write of B*K (or a host sync to test ``g == 1``), which is more traffic
+  than recomputing. So both cases use the same 2-read/1-write schedule.
+
+The O(B) middle (percentile by radix select, moving average, v2, the weighted sum) is one
+single-program launch; the loss is summed there in a fixed order (deterministic).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ._shared import ce_rows_kernel, radix_select, reduce_block, row_tiling, row_weights
+
+
+@triton.jit
+def _reduce_kernel(m_ptr, ma_ptr, params_ptr, w_ptr, ma_out_ptr, loss_ptr, n, k, decay,
+                   MODE: tl.constexpr, REWEIGHT: tl.constexpr, BLOCK: tl.constexpr):
+    acc = tl.zeros([BLOCK], tl.float32)
+    if REWEIGHT:
+        q = radix_select(m_ptr, n, k, BLOCK)
+        ma = tl.load(ma_ptr)
+        ma_new = tl.where(tl.abs(q) < float("inf"), decay * ma + (1.0 - decay) * q, ma)
+        tl.store(ma_out_ptr, ma_new)
+        for start in range(0, n, BLOCK):
+            offs = start + tl.arange(0, BLOCK)
+            inb = offs < n
+            m = tl.load(m_ptr + offs, mask=inb, other=0.0)
+            w = row_weights(m, ma_new, params_ptr, MODE)
+            tl.store(w_ptr + offs, w, mask=inb)
+            acc += tl.where(inb, w * m, 0.0)
+    else:
+        tl.store(ma_out_ptr, tl.load(ma_ptr))
+        for start in range(0, n, BLOCK):
+            offs = start + tl.arange(0, BLOCK)
+            acc += tl.load(m_ptr + offs, mask=offs < n, other=0.0)
+    tl.store(loss_ptr, tl.sum(acc, 0) / n)
+
+
+@triton.jit
+def _grad_kernel(z_ptr, stride_z, lse_ptr, target_ptr, partner_ptr, lam_ptr, w_ptr, g_ptr, grad_ptr, stride_g,
+                 B, K, HAS_W: tl.constexpr, ROWS: tl.constexpr, BLOCK_K: tl.constexpr):
+    """One read of z, one write of dL/dz in z's dtype; fp32 arithmetic."""
+    rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+    row_ok = rows < B
+    rows64 = rows.to(tl.int64)
+    ya = tl.load(target_ptr + rows64, mask=row_ok, other=0)
+    yb = tl.load(target_ptr + tl.load(partner_ptr + rows64, mask=row_ok, other=0), mask=row_ok, other=0)
+    lam = tl.load(lam_ptr + rows64, mask=row_ok, other=1.0).to(tl.float32)
+    lse = tl.load(lse_ptr + rows64, mask=row_ok, other=0.0)
+    scale = tl.load(g_ptr).to(tl.float32) / B
+    if HAS_W:
+        scale = scale * tl.load(w_ptr + rows64, mask=row_ok, other=0.0)
+    else:
+        scale = scale + tl.zeros([ROWS], tl.float32)
+    # Rows with a label outside [0, K) have a constant NaN loss: no gradient (as the reference).
+    ok = (ya >= 0) & (ya < K) & (yb >= 0) & (yb < K)
+    scale = tl.where(ok, scale, 0.0)
+    for k0 in range(0, K, BLOCK_K):
+        cols = k0 + tl.arange(0, BLOCK_K)
+        mask = row_ok[:, None] & (cols < K)[None, :]
+        z = tl.load(z_ptr + rows64[:, None] * stride_z + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        y = tl.where(cols[None, :] == ya[:, None], lam[:, None], 0.0) + \
+            tl.where(cols[None, :] == yb[:, None], 1.0 - lam[:, None], 0.0)
+        grad = (tl.exp(z - lse[:, None]) - y) * scale[:, None]
+        tl.store(grad_ptr + rows64[:, None] * stride_g + cols[None, :], grad.to(grad_ptr.dtype.element_ty),
+                 mask=mask)
+
+
+def mixed_loss_forward(logits, target, partner, lam, loss_ma_mixed, params, *, rank: int, decay: float, mode: int,
+                       second_reweight: bool):
+    """Returns ``(loss [] f32, ma2' [] f32, lse [B] f32, w [B] f32 or [0])``; one read of logits."""
+    if logits.stride(1) != 1:
+        logits = logits.contiguous()
+    batch, num_classes = logits.shape
+    device = logits.device
+    m = torch.empty(batch, dtype=torch.float32, device=device)
+    lse = torch.empty(batch, dtype=torch.float32, device=device)
+    rows, block_k, warps = row_tiling(num_classes)
+    ce_rows_kernel[(triton.cdiv(batch, rows),)](
+        logits, logits.stride(0), target, partner, lam, m, lse, batch, num_classes,
+        MIXED=True, ROWS=rows, BLOCK_K=block_k, num_warps=warps)
+    w = torch.empty(batch if second_reweight else 0, dtype=torch.float32, device=device)
+    ma_new = torch.empty((), dtype=torch.float32, device=device)
+    loss = torch.empty((), dtype=torch.float32, device=device)
+    _reduce_kernel[(1,)](m, loss_ma_mixed, params, w, ma_new, loss, batch, rank, decay,
+                         MODE=mode, REWEIGHT=second_reweight, BLOCK=reduce_block(), num_warps=8)
+    return loss, ma_new, lse, w
+
+
+def mixed_loss_backward(grad_output, logits, target, partner, lam, lse, w):
+    """``dL/dz`` [B, K] in the logits' dtype; ``grad_output`` a 0-d tensor (read on the device)."""
+    if logits.stride(1) != 1:
+        logits = logits.contiguous()
+    batch, num_classes = logits.shape
+    grad = torch.empty_like(logits, memory_format=torch.contiguous_format)
+    rows, block_k, warps = row_tiling(num_classes)
+    has_w = w.numel() > 0
+    _grad_kernel[(triton.cdiv(batch, rows),)](
+        logits, logits.stride(0), lse, target, partner, lam, w if has_w else lse, grad_output.reshape(()).float(),
+        grad, grad.stride(0), batch, num_classes, HAS_W=has_w, ROWS=rows, BLOCK_K=block_k, num_warps=warps)
+    return grad

@@ -1,0 +1,238 @@
+"""The ``"triton"`` backend: fused Triton kernels (``mentormix_fast.kernels``) as torch.library ops.
+
+Ops (namespace ``mentormix_fast``), each with a fake (meta) implementation so that
+``torch.compile(fullgraph=True)`` traces a whole step and a CUDA graph can capture it:
+
+* ``triton_weights_and_sample(logits, target, loss_ma, params, uniform, beta, percentile, decay,
+  mode, mix) -> (loss, v, partner, lam, loss_ma')``: steps 2-6;
+* ``triton_mix(x, partner, lam) -> x~``: step 7 (differentiable in x);
+* ``triton_mixed_loss(logits, target, partner, lam, loss_ma_mixed, params, percentile, decay, mode,
+  second_reweight) -> (loss, loss_ma_mixed', lse, v2)``: steps 8-9, differentiable in logits through
+  ``triton_mixed_loss_backward``.
+
+Randomness: the backend draws ``u ~ U[0, 1)`` (fp64) and ``b ~ Beta(alpha, alpha)`` with torch from
+the MentorMix generator, in the same order as the reference backend, so both backends see the same
+draws for the same seed; the kernels consume them. The weighting (threshold or a MentorNet) is
+folded on the device, with torch ops and no host sync, into one small fp32 vector ``params``
+(layout in ``kernels/_shared.py``).
+
+Devices: CUDA tensors; CPU tensors only under ``TRITON_INTERPRET=1`` (Triton's interpreter, for
+tests), where ``"auto"`` never picks it. float64 inputs fall back to the reference.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import reference
+from .backends import ReferenceBackend, mark_unavailable, register_backend
+from .config import MentorMixConfig
+
+try:
+    from .kernels import _shared
+    from .kernels import mix as _mix_k
+    from .kernels import mixed_loss as _loss_k
+    from .kernels import weights_and_sample as _ws_k
+except Exception as exc:  # no triton, or a triton that cannot load: the package still imports
+    _IMPORT_ERROR = f"{type(exc).__name__}: {exc}"
+else:
+    _IMPORT_ERROR = None
+
+_KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+# ----------------------------------------------------------------------------------------------
+# Folding the weighting into a parameter vector (torch ops on the device, no sync)
+# ----------------------------------------------------------------------------------------------
+
+
+def fold_weighting(weighting, epoch, burn_in_epoch: int, device) -> tuple[torch.Tensor, int]:
+    """``(params [93] f32, mode)``: burn-in flag, then the MentorNet folded for this step's epoch.
+
+    Per step the label is 0 and the epoch is shared, so the first FC layer's input from the two
+    embeddings plus its bias is one [20] vector ``base = E_l[0] W1[0:2] + E_e[e] W1[2:7] + b1``; the
+    LSTM cell states need only kernel rows 0-1 and gate columns i, j. ``mode`` 0: threshold.
+    """
+    if isinstance(epoch, torch.Tensor):
+        e = epoch.to(device=device, dtype=torch.int64).reshape(1)
+        burn = (e < burn_in_epoch - 1).to(torch.float32)
+    else:
+        e = None
+        burn = torch.full((1,), 1.0 if int(epoch) < burn_in_epoch - 1 else 0.0, dtype=torch.float32, device=device)
+    params = torch.zeros(_shared.PARAMS_SIZE, dtype=torch.float32, device=device)
+    if isinstance(weighting, str):
+        if weighting != "threshold":
+            raise ValueError(f"weighting: expected 'threshold' or a MentorNet, got {weighting!r}")
+        return torch.cat([burn, params[1:]]), _shared.MODE_THRESHOLD
+    net = weighting
+    with torch.no_grad():
+        if e is None:
+            emb = net.epoch_embedding[max(0, min(int(epoch), net.epoch_embedding.shape[0] - 1))]
+        else:
+            emb = net.epoch_embedding.index_select(0, e.clamp(0, net.epoch_embedding.shape[0] - 1))[0]
+        w1 = net.fc1_weight
+        base = net.label_embedding[0] @ w1[0:2] + emb @ w1[2:7] + net.fc1_bias
+
+        def gates(kernel, bias):
+            return torch.stack([kernel[0, 0], kernel[1, 0], bias[0], kernel[0, 1], kernel[1, 1], bias[1]])
+
+        parts = [burn, gates(net.lstm_fw_kernel, net.lstm_fw_bias), gates(net.lstm_bw_kernel, net.lstm_bw_bias),
+                 base, w1[7], w1[8], net.fc2_weight[:, 0] + net.fc2_bias]
+        return torch.cat([p.to(device=device, dtype=torch.float32) for p in parts]), _shared.MODE_MENTORNET
+
+
+# ----------------------------------------------------------------------------------------------
+# torch.library ops
+# ----------------------------------------------------------------------------------------------
+
+
+def _register_ops() -> None:
+    lib = "mentormix_fast"
+
+    @torch.library.custom_op(f"{lib}::triton_weights_and_sample", mutates_args=())
+    def weights_and_sample_op(logits: torch.Tensor, target: torch.Tensor, loss_ma: torch.Tensor,
+                              params: torch.Tensor, uniform: torch.Tensor, beta: torch.Tensor, percentile: float,
+                              decay: float, mode: int, mix: bool
+                              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        rank = reference.percentile_rank(logits.shape[0], percentile)
+        return _ws_k.weights_and_sample(logits, target.contiguous(), loss_ma.contiguous(), params, uniform.contiguous(),
+                                        beta.contiguous(), rank=rank, decay=decay, mode=mode, mix=mix)
+
+    @weights_and_sample_op.register_fake
+    def _(logits, target, loss_ma, params, uniform, beta, percentile, decay, mode, mix):
+        b = logits.shape[0]
+        f = dict(dtype=torch.float32, device=logits.device)
+        return (logits.new_empty(b, **f), logits.new_empty(b, **f),
+                logits.new_empty(b, dtype=torch.int64, device=logits.device), logits.new_empty(b, **f),
+                logits.new_empty((), **f))
+
+    @torch.library.custom_op(f"{lib}::triton_mix", mutates_args=())
+    def mix_op(x: torch.Tensor, partner: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
+        return _mix_k.mix(x, partner.contiguous(), lam.contiguous())
+
+    @mix_op.register_fake
+    def _(x, partner, lam):
+        return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+    def mix_setup(ctx, inputs, output):
+        _, partner, lam = inputs
+        ctx.save_for_backward(partner, lam)
+
+    def mix_backward(ctx, grad):
+        # d x~_i / d x_i = lam_i, d x~_i / d x_{j_i} = 1 - lam_i (scatter-add over the partners).
+        partner, lam = ctx.saved_tensors
+        shape = (-1,) + (1,) * (grad.dim() - 1)
+        lam_b = lam.to(grad.dtype).reshape(shape)
+        gx = (lam_b * grad).index_add(0, partner, (1.0 - lam_b) * grad)
+        return gx, None, None
+
+    mix_op.register_autograd(mix_backward, setup_context=mix_setup)
+
+    @torch.library.custom_op(f"{lib}::triton_mixed_loss", mutates_args=())
+    def mixed_loss_op(logits: torch.Tensor, target: torch.Tensor, partner: torch.Tensor, lam: torch.Tensor,
+                      loss_ma_mixed: torch.Tensor, params: torch.Tensor, percentile: float, decay: float, mode: int,
+                      second_reweight: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        rank = reference.percentile_rank(logits.shape[0], percentile)
+        return _loss_k.mixed_loss_forward(logits, target.contiguous(), partner.contiguous(), lam.contiguous(),
+                                          loss_ma_mixed.contiguous(), params, rank=rank, decay=decay, mode=mode,
+                                          second_reweight=second_reweight)
+
+    @mixed_loss_op.register_fake
+    def _(logits, target, partner, lam, loss_ma_mixed, params, percentile, decay, mode, second_reweight):
+        b = logits.shape[0]
+        f = dict(dtype=torch.float32, device=logits.device)
+        return (logits.new_empty((), **f), logits.new_empty((), **f), logits.new_empty(b, **f),
+                logits.new_empty(b if second_reweight else 0, **f))
+
+    @torch.library.custom_op(f"{lib}::triton_mixed_loss_backward", mutates_args=())
+    def mixed_loss_backward_op(grad_output: torch.Tensor, logits: torch.Tensor, target: torch.Tensor,
+                               partner: torch.Tensor, lam: torch.Tensor, lse: torch.Tensor, weights: torch.Tensor
+                               ) -> torch.Tensor:
+        return _loss_k.mixed_loss_backward(grad_output, logits, target.contiguous(), partner.contiguous(),
+                                           lam.contiguous(), lse, weights)
+
+    @mixed_loss_backward_op.register_fake
+    def _(grad_output, logits, target, partner, lam, lse, weights):
+        return torch.empty_like(logits, memory_format=torch.contiguous_format)
+
+    def loss_setup(ctx, inputs, output):
+        logits, target, partner, lam = inputs[:4]
+        _, _, lse, weights = output
+        ctx.save_for_backward(logits, target, partner, lam, lse, weights)
+
+    def loss_backward(ctx, grad_loss, grad_ma, grad_lse, grad_w):
+        logits, target, partner, lam, lse, weights = ctx.saved_tensors
+        grad = None
+        if ctx.needs_input_grad[0]:
+            grad = torch.ops.mentormix_fast.triton_mixed_loss_backward(grad_loss, logits, target, partner, lam, lse,
+                                                                       weights)
+        return grad, None, None, None, None, None, None, None, None, None
+
+    mixed_loss_op.register_autograd(loss_backward, setup_context=loss_setup)
+
+
+# ----------------------------------------------------------------------------------------------
+# The backend object
+# ----------------------------------------------------------------------------------------------
+
+
+class TritonBackend:
+    """Fused Triton kernels; CUDA tensors (and CPU tensors under ``TRITON_INTERPRET=1``)."""
+
+    name = "triton"
+
+    def __init__(self):
+        self._reference = ReferenceBackend()
+
+    def supports(self, device: torch.device) -> bool:
+        device = torch.device(device)
+        return device.type == "cuda" or (device.type == "cpu" and _shared.interpreting())
+
+    def preferred_for(self, device: torch.device) -> bool:
+        return torch.device(device).type == "cuda"
+
+    def weights_and_sample(self, logits, target, loss_ma, epoch, config: MentorMixConfig, weighting, generator,
+                           uniform=None, beta=None):
+        if logits.dtype not in _KERNEL_DTYPES:
+            return self._reference.weights_and_sample(logits, target, loss_ma, epoch, config, weighting, generator,
+                                                      uniform, beta)
+        batch, device = logits.shape[0], logits.device
+        mix = config.mixup_alpha > 0
+        if mix:
+            # Same draws, in the same order, as the reference backend.
+            uniform = reference.draw_uniform(batch, generator, device) if uniform is None else uniform
+            beta = reference.draw_beta(config.mixup_alpha, batch, generator, device) if beta is None else beta
+            uniform, beta = uniform.to(torch.float64), beta.to(torch.float32)
+        else:
+            uniform = beta = torch.empty(0, dtype=torch.float32, device=device)
+        params, mode = fold_weighting(weighting, epoch, config.burn_in_epoch, device)
+        out = torch.ops.mentormix_fast.triton_weights_and_sample(
+            logits, target.to(torch.int64), loss_ma.to(torch.float32), params, uniform, beta,
+            config.percentile, config.loss_ma_decay, mode, mix)
+        return reference.WeightsAndSample(*out)
+
+    def mix(self, x, partner, lam):
+        if x.dtype not in _KERNEL_DTYPES:
+            return self._reference.mix(x, partner, lam)
+        return torch.ops.mentormix_fast.triton_mix(x, partner.to(torch.int64), lam)
+
+    def mixed_loss(self, logits, target, partner, lam, loss_ma_mixed, epoch, config: MentorMixConfig, weighting):
+        if logits.dtype not in _KERNEL_DTYPES:
+            return self._reference.mixed_loss(logits, target, partner, lam, loss_ma_mixed, epoch, config, weighting)
+        params, mode = fold_weighting(weighting, epoch, config.burn_in_epoch, logits.device)
+        loss, new_ma, _, _ = torch.ops.mentormix_fast.triton_mixed_loss(
+            logits, target.to(torch.int64), partner.to(torch.int64), lam.to(torch.float32),
+            loss_ma_mixed.to(torch.float32), params, config.percentile, config.loss_ma_decay, mode,
+            config.second_reweight)
+        return loss, new_ma
+
+
+if _IMPORT_ERROR is not None:
+    mark_unavailable("triton", f"Triton kernels unavailable ({_IMPORT_ERROR})")
+else:
+    try:
+        _register_ops()
+    except Exception as exc:
+        mark_unavailable("triton", f"registering the Triton ops failed ({type(exc).__name__}: {exc})")
+    else:
+        register_backend(TritonBackend())
