@@ -159,6 +159,7 @@ def _register_ops() -> None:
         logits, target, partner, lam = inputs[:4]
         _, _, lse, weights = output
         ctx.save_for_backward(logits, target, partner, lam, lse, weights)
+        ctx.mark_non_differentiable(*output[1:])
 
     def loss_backward(ctx, grad_loss, grad_ma, grad_lse, grad_w):
         logits, target, partner, lam, lse, weights = ctx.saved_tensors
@@ -224,7 +225,7 @@ class TritonBackend:
             logits, target.to(torch.int64), partner.to(torch.int64), lam.to(torch.float32),
             loss_ma_mixed.to(torch.float32), params, config.percentile, config.loss_ma_decay, mode,
             config.second_reweight)
-        return loss, new_ma
+        return loss, new_ma.detach()
 
 
 if _IMPORT_ERROR is not None:

@@ -1,0 +1,365 @@
+"""Triton backend vs the reference on identical draws (CPU: Triton's interpreter, see conftest.py).
+
+Each check is a function of the device so that tests/test_triton_gpu.py runs the same comparisons
+compiled for a real GPU. Both backends compute in fp32 from the same (fp16/bf16/fp32) logits, so
+tolerances are fp32-level for losses and weights; gradients are compared after rounding to the
+logits' dtype with that dtype's tolerance.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import mentormix_fast as mf
+from mentormix_fast import reference as ref
+from mentormix_fast.backends import get_backend
+from mentormix_fast.config import MentorMixConfig
+
+triton = pytest.importorskip("triton")
+import triton.language as tl  # noqa: E402
+if "triton" not in mf.backends() or mf.backends()["triton"] != "available":
+    pytest.skip(f"triton backend unavailable: {mf.backends().get('triton')}", allow_module_level=True)
+if not torch.cuda.is_available():
+    import os
+
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("no CUDA and TRITON_INTERPRET is not 1", allow_module_level=True)
+
+from mentormix_fast.kernels._shared import radix_select  # noqa: E402  (after the interpreter switch)
+
+DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+GRAD_TOL = {torch.float32: dict(rtol=1e-4, atol=1e-6), torch.bfloat16: dict(rtol=2e-2, atol=1e-4),
+            torch.float16: dict(rtol=2e-3, atol=1e-6)}
+# The mix backward accumulates the partner scatter in another order than autograd's index_put.
+MIX_GRAD_TOL = {torch.float32: dict(rtol=1e-5, atol=1e-6), torch.bfloat16: dict(rtol=2e-2, atol=2e-2),
+                torch.float16: dict(rtol=2e-3, atol=2e-3)}
+SHAPES = [(1, 2), (2, 2), (7, 3), (33, 17), (128, 10), (300, 101), (3, 5003)]
+
+
+def cfg(**kw):
+    base = dict(percentile=0.7, mixup_alpha=8.0, second_reweight=True, burn_in_epoch=10, total_steps=100,
+                loss_ma_decay=0.5)
+    return MentorMixConfig(**(base | kw))
+
+
+def backends_on(device):
+    return get_backend("triton", torch.device(device)), get_backend("reference", torch.device(device))
+
+
+def batch(b, k, dtype, device, seed=0, scale=3.0):
+    g = torch.Generator().manual_seed(seed)
+    z = (torch.randn(b, k, generator=g) * scale).to(dtype)
+    y = torch.randint(0, k, (b,), generator=g)
+    u = torch.rand(b, generator=g, dtype=torch.float64)
+    beta = ref.draw_beta(4.0, b, g, "cpu")
+    return z.to(device), y.to(device), u.to(device), beta.to(device)
+
+
+def weightings():
+    return ["threshold", mf.mentornet_pd()]
+
+
+# ------------------------------------------------------------------------------------------------
+# Checks (shared with the GPU suite)
+# ------------------------------------------------------------------------------------------------
+
+
+def check_partners(got, v, uniform, want):
+    """Partners equal the reference except where ``u * total`` sits within rounding of a CDF step."""
+    diff = got != want
+    if not diff.any():
+        return
+    cdf = torch.cumsum(torch.softmax(v.double(), 0), 0)
+    t = uniform.double() * cdf[-1]
+    near = (cdf[want[diff]] - t[diff]).abs().minimum((cdf[got[diff]] - t[diff]).abs())
+    assert (near < 1e-5).all(), f"partners differ away from CDF boundaries: {near.max().item()}"
+
+
+def check_weights_and_sample(device, b, k, dtype, weighting, epoch, config, seed=0, nan_rows=(), bad_label_rows=()):
+    tri, rb = backends_on(device)
+    z, y, u, beta = batch(b, k, dtype, device, seed)
+    for r in nan_rows:
+        z[r % b, 0] = math.nan
+    for r in bad_label_rows:
+        y[r % b] = k + 3
+    ma = torch.tensor(0.8, device=device)
+    got = tri.weights_and_sample(z, y, ma, epoch, config, weighting, None, u, beta)
+    want = rb.weights_and_sample(z, y, ma, epoch, config, weighting, None, u, beta)
+    torch.testing.assert_close(got.loss, want.loss, rtol=1e-5, atol=1e-5, equal_nan=True)
+    torch.testing.assert_close(got.loss_ma, want.loss_ma, rtol=1e-5, atol=1e-6)
+    assert torch.isfinite(got.loss_ma)
+    # Weights: a threshold weight may flip only where l is within rounding of ma.
+    close = (want.loss - want.loss_ma).abs() < 1e-4
+    torch.testing.assert_close(got.weights[~close], want.weights[~close], rtol=0, atol=2e-5)
+    assert got.partner.dtype == torch.int64 and got.lam.dtype == torch.float32
+    agree = (got.weights >= 0.5) == (want.weights >= 0.5)
+    torch.testing.assert_close(got.lam[agree], want.lam[agree], rtol=0, atol=0)
+    if config.mixup_alpha > 0:
+        check_partners(got.partner, want.weights, u, want.partner)
+    else:
+        assert torch.equal(got.partner, torch.arange(b, device=device))
+        assert torch.all(got.lam == 1)
+    return got, want
+
+
+def check_mixed_loss(device, b, k, dtype, weighting, epoch, config, seed=1, upstream=0.37):
+    tri, rb = backends_on(device)
+    z, y, u, beta = batch(b, k, dtype, device, seed)
+    plan = rb.weights_and_sample(z, y, torch.tensor(0.5, device=device), epoch, config, weighting, None, u, beta)
+    ma2 = torch.tensor(0.9, device=device)
+    zt = z.clone().requires_grad_(True)
+    zr = z.clone().requires_grad_(True)
+    lt, mt = tri.mixed_loss(zt, y, plan.partner, plan.lam, ma2, epoch, config, weighting)
+    lr, mr = rb.mixed_loss(zr, y, plan.partner, plan.lam, ma2, epoch, config, weighting)
+    assert lt.dtype == torch.float32 and lt.dim() == 0
+    torch.testing.assert_close(lt, lr.float(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(mt, mr, rtol=1e-5, atol=1e-6)
+    (lt * upstream).backward()
+    (lr * upstream).backward()
+    assert zt.grad.dtype == dtype
+    torch.testing.assert_close(zt.grad.float(), zr.grad.float(), **GRAD_TOL[dtype])
+
+
+def check_mix(device, shape, dtype, seed=2):
+    tri, rb = backends_on(device)
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(shape, generator=g).to(dtype).to(device)
+    b = shape[0]
+    partner = torch.randint(0, b, (b,), generator=g).to(device)
+    lam = torch.rand(b, generator=g).to(device)
+    xt = x.clone().requires_grad_(True)
+    xr = x.clone().requires_grad_(True)
+    out_t, out_r = tri.mix(xt, partner, lam), rb.mix(xr, partner, lam)
+    assert out_t.dtype == dtype and out_t.shape == x.shape
+    if dtype == torch.float32:
+        tol = dict(rtol=1e-6, atol=1e-6)
+    elif dtype == torch.bfloat16 and device == "cpu":
+        tol = dict(rtol=2e-2, atol=2e-2)  # the interpreter rounds fp32 -> bf16 toward zero (GPUs: to nearest)
+    else:
+        tol = dict(rtol=0, atol=0)  # same per-operation rounding as the eager reference
+    torch.testing.assert_close(out_t, out_r, **tol)
+    gy = torch.randn(shape, generator=g).to(dtype).to(device)
+    out_t.backward(gy)
+    out_r.backward(gy)
+    torch.testing.assert_close(xt.grad.float(), xr.grad.float(), **MIX_GRAD_TOL[dtype])
+
+
+# ------------------------------------------------------------------------------------------------
+# Tests on the interpreter (or whatever device this run has)
+# ------------------------------------------------------------------------------------------------
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_per_sample_ce(shape, dtype):
+    from mentormix_fast.kernels.weights_and_sample import per_sample_ce
+
+    z, y, _, _ = batch(*shape, dtype, DEVICE)
+    torch.testing.assert_close(per_sample_ce(z, y), ref.per_sample_ce(z, y), rtol=1e-5, atol=1e-5)
+
+
+def test_per_sample_ce_large_k_and_non_contiguous():
+    from mentormix_fast.kernels.weights_and_sample import per_sample_ce
+
+    z, y, _, _ = batch(2, 70001, torch.bfloat16, DEVICE)
+    torch.testing.assert_close(per_sample_ce(z, y), ref.per_sample_ce(z, y), rtol=1e-5, atol=1e-4)
+    zt = torch.randn(9, 6, device=DEVICE).t()  # [6, 9], column stride != 1
+    yt = torch.arange(6, device=DEVICE) % 9
+    torch.testing.assert_close(per_sample_ce(zt, yt), ref.per_sample_ce(zt, yt), rtol=1e-5, atol=1e-5)
+
+
+def _select(values: torch.Tensor, k: int, block: int) -> torch.Tensor:
+    out = torch.empty((), dtype=torch.float32, device=values.device)
+    _select_launch[(1,)](values, out, values.numel(), k, BLOCK=block)
+    return out
+
+
+@triton.jit
+def _select_launch(x_ptr, out_ptr, n, k, BLOCK: tl.constexpr):
+    tl.store(out_ptr, radix_select(x_ptr, n, k, BLOCK))
+
+
+@pytest.mark.parametrize("case", ["ties", "signed", "nonfinite", "tiny", "multichunk"])
+def test_radix_select_is_exact(case):
+    g = torch.Generator().manual_seed(3)
+    n = {"ties": 200, "signed": 129, "nonfinite": 64, "tiny": 1, "multichunk": 700}[case]
+    if case == "ties":
+        x = torch.randint(0, 5, (n,), generator=g).float()
+    elif case == "signed":
+        x = torch.randn(n, generator=g) * 1e3
+        x[:5] = torch.tensor([0.0, -0.0, 1e-40, -1e-40, -math.inf])
+    elif case == "nonfinite":
+        x = torch.rand(n, generator=g)
+        x[::7] = math.nan
+        x[3] = math.inf
+    else:
+        x = torch.randn(n, generator=g)
+    x = x.to(DEVICE)
+    block = 256 if case == "multichunk" else 1024
+    for p in (0.0, 0.1, 0.3, 0.5, 0.7, 0.8, 1.0):
+        k = ref.percentile_rank(n, p)
+        got = _select(x, k, block)
+        want = ref.percentile_nearest(x, p)
+        assert got.item() == want.item() or (math.isnan(got.item()) and math.isnan(want.item())), (p, got, want)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", [(1, 2), (2, 3), (37, 17), (128, 10), (257, 1000)], ids=str)
+def test_weights_and_sample_threshold(shape, dtype):
+    check_weights_and_sample(DEVICE, *shape, dtype, "threshold", 50, cfg())
+
+
+@pytest.mark.parametrize("epoch", [0, 8, 9, 55, 99, "tensor"])
+def test_weights_and_sample_mentornet_epochs(epoch):
+    e = torch.tensor(42, device=DEVICE) if epoch == "tensor" else epoch
+    check_weights_and_sample(DEVICE, 96, 13, torch.float32, mf.mentornet_pd(), e, cfg())
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_weights_and_sample_mentornet_low_precision(dtype):
+    check_weights_and_sample(DEVICE, 128, 100, dtype, mf.mentornet_pd(), 95, cfg(percentile=0.5))
+
+
+def test_weights_and_sample_random_mentornet_and_alpha_zero():
+    net = mf.MentorNet(generator=torch.Generator().manual_seed(5))
+    check_weights_and_sample(DEVICE, 64, 7, torch.float32, net, 30, cfg(percentile=0.2))
+    check_weights_and_sample(DEVICE, 64, 7, torch.float32, "threshold", 30, cfg(mixup_alpha=0.0))
+
+
+@pytest.mark.parametrize("weighting", ["threshold", "mentornet"])
+def test_weights_and_sample_non_finite_rows(weighting):
+    w = "threshold" if weighting == "threshold" else mf.mentornet_pd()
+    got, _ = check_weights_and_sample(DEVICE, 40, 9, torch.float32, w, 60, cfg(percentile=0.9),
+                                      nan_rows=(0, 3, 5, 7), bad_label_rows=(11,))
+    assert torch.isnan(got.loss[[0, 3, 5, 7, 11]]).all()
+    assert (got.weights[[0, 3, 5, 7, 11]] == 0).all()
+
+
+def test_all_nan_batch_keeps_moving_average():
+    tri, _ = backends_on(DEVICE)
+    z = torch.full((8, 4), math.nan, device=DEVICE)
+    y = torch.zeros(8, dtype=torch.int64, device=DEVICE)
+    out = tri.weights_and_sample(z, y, torch.tensor(1.25, device=DEVICE), 50, cfg(), "threshold", None,
+                                 torch.rand(8, dtype=torch.float64, device=DEVICE), torch.rand(8, device=DEVICE))
+    assert out.loss_ma.item() == 1.25 and (out.weights == 0).all()
+    assert ((out.partner >= 0) & (out.partner < 8)).all()
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", [(1, 2), (2, 2), (33, 17), (128, 10), (100, 300), (3, 5003)], ids=str)
+@pytest.mark.parametrize("second_reweight", [True, False])
+def test_mixed_loss_and_gradient(shape, dtype, second_reweight):
+    check_mixed_loss(DEVICE, *shape, dtype, "threshold", 50, cfg(second_reweight=second_reweight))
+
+
+@pytest.mark.parametrize("epoch", [3, 70, 95])
+def test_mixed_loss_mentornet(epoch):
+    check_mixed_loss(DEVICE, 64, 10, torch.float32, mf.mentornet_pd(), epoch, cfg(percentile=0.3))
+
+
+def test_mixed_loss_nan_row_propagates():
+    tri, rb = backends_on(DEVICE)
+    z, y, _, _ = batch(16, 5, torch.float32, DEVICE)
+    z[4, 2] = math.nan
+    partner = torch.arange(16, device=DEVICE).flip(0)
+    lam = torch.full((16,), 0.7, device=DEVICE)
+    lt, mt = tri.mixed_loss(z, y, partner, lam, torch.tensor(0.0, device=DEVICE), 50, cfg(), "threshold")
+    lr, mr = rb.mixed_loss(z, y, partner, lam, torch.tensor(0.0, device=DEVICE), 50, cfg(), "threshold")
+    assert torch.isnan(lt) and torch.isnan(lr)
+    torch.testing.assert_close(mt, mr)
+    assert torch.isfinite(mt)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", [(1,), (1, 1), (5, 3, 7, 7), (64, 33), (3, 2000)], ids=str)
+def test_mix(shape, dtype):
+    check_mix(DEVICE, shape, dtype)
+
+
+# ------------------------------------------------------------------------------------------------
+# The draws themselves (statistics) and the module end to end
+# ------------------------------------------------------------------------------------------------
+
+
+def test_partner_frequencies_follow_softmax_of_weights():
+    stats = pytest.importorskip("scipy.stats")
+    tri, _ = backends_on(DEVICE)
+    b, k, rounds = 256, 5, 16
+    gen = torch.Generator(device=DEVICE).manual_seed(11)
+    z, y, _, _ = batch(b, k, torch.float32, DEVICE)
+    counts = torch.zeros(b, dtype=torch.float64)
+    for _ in range(rounds):
+        out = tri.weights_and_sample(z, y, torch.tensor(0.0, device=DEVICE), 50, cfg(percentile=0.5), "threshold",
+                                     gen)
+        counts += torch.bincount(out.partner.cpu(), minlength=b).double()
+    probs = torch.softmax(out.weights.double().cpu(), 0)
+    assert 0.1 < out.weights.mean().item() < 0.9  # both weight levels present
+    p_value = stats.chisquare(counts.numpy(), (probs * b * rounds).numpy()).pvalue
+    assert p_value > 1e-3, p_value
+
+
+def test_lambda_follows_folded_beta():
+    stats = pytest.importorskip("scipy.stats")
+    tri, _ = backends_on(DEVICE)
+    b, alpha = 2048, 2.0
+    gen = torch.Generator(device=DEVICE).manual_seed(12)
+    z, y, _, _ = batch(b, 3, torch.float32, DEVICE)
+    out = tri.weights_and_sample(z, y, torch.tensor(0.0, device=DEVICE), 50, cfg(mixup_alpha=alpha, percentile=0.5),
+                                 "threshold", gen)
+    lam, v = out.lam.cpu().double().numpy(), out.weights.cpu().numpy()
+    hi, lo = lam[v >= 0.5], lam[v < 0.5]
+    assert (hi >= 0.5).all() and (lo <= 0.5).all() and len(hi) > 100 and len(lo) > 100
+    # max(b, 1 - b) for b ~ Beta(a, a) has CDF 2 I_x(a, a) - 1 on [1/2, 1].
+    folded = lambda x: 2 * stats.beta.cdf(x, alpha, alpha) - 1  # noqa: E731
+    assert stats.kstest(hi, folded).pvalue > 1e-3
+    assert stats.kstest(1 - lo, folded).pvalue > 1e-3
+
+
+def test_same_seed_same_draws_as_reference_backend():
+    tri, rb = backends_on(DEVICE)
+    z, y, _, _ = batch(64, 10, torch.float32, DEVICE)
+    ma = torch.tensor(0.0, device=DEVICE)
+    got = tri.weights_and_sample(z, y, ma, 50, cfg(), "threshold", torch.Generator(device=DEVICE).manual_seed(4))
+    want = rb.weights_and_sample(z, y, ma, 50, cfg(), "threshold", torch.Generator(device=DEVICE).manual_seed(4))
+    torch.testing.assert_close(got.lam, want.lam)
+    assert (got.partner == want.partner).float().mean() > 0.95
+
+
+def _train(backend, steps, device, second_reweight=True, dtype=torch.float32):
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 5)).to(device)
+    mm = mf.MentorMix(total_steps=steps, backend=backend, generator=torch.Generator(device=device).manual_seed(1),
+                      burn_in_epoch=2, second_reweight=second_reweight, mixup_alpha=2.0)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(steps, 32, 8, generator=g).to(device)
+    y = torch.randint(0, 5, (steps, 32), generator=g).to(device)
+    losses = []
+    for t in range(steps):
+        with torch.autocast(device_type=device, dtype=dtype, enabled=dtype != torch.float32):
+            loss = mm(net, x[t], y[t])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return torch.tensor(losses), mm
+
+
+def test_module_with_triton_backend_tracks_reference():
+    lt, mt = _train("triton", 12, DEVICE)
+    lr, mr = _train("reference", 12, DEVICE)
+    torch.testing.assert_close(lt, lr, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(mt.loss_ma, mr.loss_ma, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(mt.loss_ma_mixed, mr.loss_ma_mixed, rtol=1e-4, atol=1e-5)
+
+
+def test_auto_never_picks_the_interpreter():
+    from mentormix_fast.backends import get_backend as gb
+
+    assert gb("auto", torch.device("cpu")).name != "triton"
+    assert get_backend("triton", torch.device(DEVICE)).supports(torch.device(DEVICE))
