@@ -1,0 +1,94 @@
+"""The Triton ops as torch.library ops: opcheck (schema, fake, autograd registration) and a whole
+step under ``torch.compile(fullgraph=True)`` (CPU: Triton's interpreter inside the compiled graph)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+import mentormix_fast as mf
+from mentormix_fast import reference as ref
+from mentormix_fast.backends import get_backend
+
+pytest.importorskip("triton")
+if mf.backends().get("triton") != "available":
+    pytest.skip(f"triton backend unavailable: {mf.backends().get('triton')}", allow_module_level=True)
+if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
+    pytest.skip("no CUDA and TRITON_INTERPRET is not 1", allow_module_level=True)
+
+from test_triton_kernels import DEVICE, batch, cfg  # noqa: E402
+
+OPS = torch.ops.mentormix_fast
+
+
+def _inputs(b=16, k=7, dtype=torch.float32, device=DEVICE):
+    z, y, u, beta = batch(b, k, dtype, device)
+    from mentormix_fast.triton_backend import fold_weighting
+
+    params, mode = fold_weighting(mf.mentornet_pd(), 40, 10, device)
+    return z, y, u, beta, params, mode
+
+
+def test_opcheck_weights_and_sample():
+    z, y, u, beta, params, mode = _inputs()
+    ma = torch.tensor(0.3, device=DEVICE)
+    torch.library.opcheck(OPS.triton_weights_and_sample.default, (z, y, ma, params, u, beta, 0.7, 0.5, mode, True))
+    torch.library.opcheck(OPS.triton_weights_and_sample.default, (z, y, ma, params, u[:0], beta[:0], 0.7, 0.5, 0,
+                                                                   False))
+
+
+def test_opcheck_mix():
+    x = torch.randn(6, 2, 3, device=DEVICE, requires_grad=True)
+    partner = torch.tensor([5, 4, 3, 2, 1, 0], device=DEVICE)
+    lam = torch.rand(6, device=DEVICE)
+    torch.library.opcheck(OPS.triton_mix.default, (x, partner, lam))
+
+
+@pytest.mark.parametrize("second_reweight", [True, False])
+def test_opcheck_mixed_loss(second_reweight):
+    z, y, _, _, params, mode = _inputs()
+    z.requires_grad_(True)
+    partner = torch.randperm(16, generator=torch.Generator().manual_seed(0)).to(DEVICE)
+    lam = torch.rand(16, device=DEVICE)
+    ma2 = torch.tensor(0.5, device=DEVICE)
+    torch.library.opcheck(OPS.triton_mixed_loss.default,
+                          (z, y, partner, lam, ma2, params, 0.6, 0.5, mode, second_reweight))
+
+
+def _step(backend, config, weighting, z1, y, x, u, beta, w_net, ma, ma2, epoch):
+    """Plan on z1 (given draws), mix x, second pass through a linear layer, loss; returns everything."""
+    plan = backend.weights_and_sample(z1, y, ma, epoch, config, weighting, None, u, beta)
+    xm = backend.mix(x, plan.partner, plan.lam)
+    z2 = xm @ w_net
+    loss, new_ma2 = backend.mixed_loss(z2, y, plan.partner, plan.lam, ma2, epoch, config, weighting)
+    return loss, plan.loss_ma, new_ma2, plan.partner, plan.lam
+
+
+@pytest.mark.slow
+def test_compiled_step_fullgraph_matches_eager():
+    torch._dynamo.reset()
+    tri = get_backend("triton", torch.device(DEVICE))
+    config = cfg(second_reweight=True)
+    weighting = mf.mentornet_pd().to(DEVICE)
+    z1, y, u, beta = batch(32, 5, torch.float32, DEVICE)
+    x = torch.randn(32, 6, device=DEVICE)
+    w_eager = torch.randn(6, 5, device=DEVICE, requires_grad=True)
+    w_comp = w_eager.detach().clone().requires_grad_(True)
+    ma, ma2 = torch.tensor(0.4, device=DEVICE), torch.tensor(0.6, device=DEVICE)
+    epoch = torch.tensor(50, device=DEVICE)
+
+    def f(z1, y, x, u, beta, w, ma, ma2, epoch):
+        return _step(tri, config, weighting, z1, y, x, u, beta, w, ma, ma2, epoch)
+
+    eager = f(z1, y, x, u, beta, w_eager, ma, ma2, epoch)
+    comp = torch.compile(f, fullgraph=True)(z1, y, x, u, beta, w_comp, ma, ma2, epoch)
+    for a, b in zip(comp, eager):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    eager[0].backward()
+    comp[0].backward()
+    torch.testing.assert_close(w_comp.grad, w_eager.grad, rtol=1e-5, atol=1e-6)
+    ref_plan = ref.weights_and_sample(z1, y, ma, epoch, percentile=0.7, decay=0.5, weighting=weighting,
+                                      burn_in_epoch=10, alpha=8.0, uniform=u, beta=beta)
+    torch.testing.assert_close(comp[1], ref_plan.loss_ma)
