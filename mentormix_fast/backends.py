@@ -10,6 +10,11 @@ A backend implements the three fused operations of SPEC §4 for some devices:
 * ``mixed_loss(logits, target, partner, lam, loss_ma_mixed, epoch, config, weighting) ->
   (loss, new_loss_ma_mixed)``: steps 8-9, the loss differentiable w.r.t. ``logits``.
 
+A backend that sets ``supports_percentile_gather = True`` also accepts a keyword
+``percentile_gather`` (a callable [B] -> [N], e.g. an all-gather) in ``weights_and_sample`` and
+``mixed_loss``, and takes the percentile over its output; :class:`MentorMix` refuses the option with
+any other backend.
+
 ``"auto"`` picks the first backend in :data:`AUTO_ORDER` that is available and supports the
 tensors' device; ``"reference"`` always works.
 """
@@ -36,12 +41,13 @@ class ReferenceBackend:
     """Plain PyTorch (mentormix_fast.reference): any device, any float dtype; defines the semantics."""
 
     name = "reference"
+    supports_percentile_gather = True
 
     def supports(self, device: torch.device) -> bool:
         return True
 
     def weights_and_sample(self, logits, target, loss_ma, epoch, config: MentorMixConfig, weighting, generator,
-                           uniform=None, beta=None):
+                           uniform=None, beta=None, percentile_gather=None):
         batch, device = logits.shape[0], logits.device
         if config.mixup_alpha > 0:
             uniform = reference.draw_uniform(batch, generator, device) if uniform is None else uniform
@@ -49,16 +55,17 @@ class ReferenceBackend:
         return reference.weights_and_sample(
             logits, target, loss_ma, epoch, percentile=config.percentile, decay=config.loss_ma_decay,
             weighting=weighting, burn_in_epoch=config.burn_in_epoch, alpha=config.mixup_alpha,
-            uniform=uniform, beta=beta)
+            uniform=uniform, beta=beta, percentile_gather=percentile_gather)
 
     def mix(self, x, partner, lam):
         return reference.mix_inputs(x, partner, lam)
 
-    def mixed_loss(self, logits, target, partner, lam, loss_ma_mixed, epoch, config: MentorMixConfig, weighting):
+    def mixed_loss(self, logits, target, partner, lam, loss_ma_mixed, epoch, config: MentorMixConfig, weighting,
+                   percentile_gather=None):
         out = reference.mixed_loss_step(
             logits, target, partner, lam, loss_ma_mixed, epoch, second_reweight=config.second_reweight,
             percentile=config.percentile, decay=config.loss_ma_decay, weighting=weighting,
-            burn_in_epoch=config.burn_in_epoch)
+            burn_in_epoch=config.burn_in_epoch, percentile_gather=percentile_gather)
         return out.loss, out.loss_ma_mixed
 
 
@@ -72,6 +79,11 @@ def mark_unavailable(name: str, reason: str) -> None:
     """Record why an optional backend cannot be used here (shown by :func:`backends`)."""
     if name not in _BACKENDS:
         _UNAVAILABLE[name] = reason
+
+
+def load_backends() -> None:
+    """Import the optional backend modules once (outside any compiled region: imports don't trace)."""
+    _load_optional()
 
 
 def _load_optional() -> None:

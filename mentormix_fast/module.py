@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from . import reference, validation
-from .backends import get_backend
+from .backends import get_backend, load_backends
 from .batchnorm import frozen_batchnorm_stats
 from .config import MentorMixConfig
 from .mentornet import MentorNet, mentornet_pd
@@ -43,6 +43,11 @@ class MentorMix(nn.Module):
         generator: torch.Generator for the partner and Beta draws (on the logits' device).
         validate: "auto" checks label values only where that needs no host sync (CPU tensors,
             outside torch.compile); True always; False never (bad labels then give a NaN loss).
+        percentile_gather: None (default: the percentile of the local batch), or a callable mapping
+            the detached per-example losses [B] to the values the percentiles (of ``l`` and, with
+            ``second_reweight``, of ``m``) are taken over, e.g.
+            :func:`mentormix_fast.distributed.all_gather_cat` for the global batch under DDP. Only
+            backends with ``supports_percentile_gather`` (the reference) implement it; others raise.
 
     State (in ``state_dict``): ``loss_ma``, ``loss_ma_mixed`` (fp32 scalars) and ``num_steps``,
     the step used when a call passes ``step=None`` (advanced by :meth:`mixed_loss`).
@@ -51,8 +56,10 @@ class MentorMix(nn.Module):
     def __init__(self, *, total_steps: int, percentile: float = 0.7, mixup_alpha: float = 8.0,
                  second_reweight: bool = True, burn_in_epoch: int = 10, weighting="mentornet_pd",
                  loss_ma_decay: float = 0.5, backend: str = "auto", generator: torch.Generator | None = None,
-                 validate="auto"):
+                 validate="auto", percentile_gather=None):
         super().__init__()
+        if percentile_gather is not None and not callable(percentile_gather):
+            raise TypeError(f"percentile_gather: expected a callable or None, got {type(percentile_gather).__name__}")
         if isinstance(burn_in_epoch, bool) or not isinstance(burn_in_epoch, int) or burn_in_epoch < 0:
             raise ValueError(f"burn_in_epoch: must be an integer >= 0, got {burn_in_epoch!r}")
         if validate not in ("auto", True, False):
@@ -77,9 +84,11 @@ class MentorMix(nn.Module):
             self.mentornet = None
         else:
             raise ValueError(f"weighting: expected 'mentornet_pd', 'threshold' or a MentorNet, got {weighting!r}")
+        load_backends()  # import optional backends now, not inside a torch.compile'd step
         self.backend = backend
         self.generator = generator
         self.validate = validate
+        self.percentile_gather = percentile_gather
         self.register_buffer("loss_ma", torch.zeros((), dtype=torch.float32))
         self.register_buffer("loss_ma_mixed", torch.zeros((), dtype=torch.float32))
         self.register_buffer("num_steps", torch.zeros((), dtype=torch.int64))
@@ -113,6 +122,15 @@ class MentorMix(nn.Module):
         step = self.num_steps if step is None else validation.check_step(step, self.config.total_steps)
         return step, reference.epoch_feature(step, self.config.total_steps)
 
+    def _gather_kwargs(self, backend) -> dict:
+        # Passed only when set, so backends without the option keep their plain signature.
+        if self.percentile_gather is None:
+            return {}
+        if not getattr(backend, "supports_percentile_gather", False):
+            raise ValueError(f"percentile_gather: not implemented by the {backend.name!r} backend; "
+                             f"use backend='reference' for the global-batch percentile")
+        return {"percentile_gather": self.percentile_gather}
+
     def _check_plan(self, plan: MentorMixPlan, batch: int, device: torch.device) -> None:
         if not isinstance(plan, MentorMixPlan):
             raise TypeError(f"plan: expected the MentorMixPlan returned by plan(), got {type(plan).__name__}")
@@ -131,7 +149,7 @@ class MentorMix(nn.Module):
         _, epoch = self._epoch(step)
         backend = get_backend(self.backend, device)
         out = backend.weights_and_sample(logits.detach(), target, self.loss_ma, epoch, self.config, self.weighting,
-                                         self.generator)
+                                         self.generator, **self._gather_kwargs(backend))
         self.loss_ma.copy_(out.loss_ma)
         return MentorMixPlan(out.loss, out.weights, out.partner, out.lam)
 
@@ -156,7 +174,7 @@ class MentorMix(nn.Module):
         step, epoch = self._epoch(step)
         backend = get_backend(self.backend, device)
         loss, new_ma2 = backend.mixed_loss(logits_mixed, target, plan.partner, plan.lam, self.loss_ma_mixed, epoch,
-                                           self.config, self.weighting)
+                                           self.config, self.weighting, **self._gather_kwargs(backend))
         if self.config.second_reweight:
             self.loss_ma_mixed.copy_(new_ma2)
         with torch.no_grad():

@@ -255,15 +255,18 @@ class WeightsAndSample(NamedTuple):
 
 
 def weights_and_sample(
-    logits, target, loss_ma, epoch, *, percentile, decay, weighting, burn_in_epoch, alpha, uniform, beta
+    logits, target, loss_ma, epoch, *, percentile, decay, weighting, burn_in_epoch, alpha, uniform, beta,
+    percentile_gather=None
 ) -> WeightsAndSample:
     """Steps 2-6 on given draws (``uniform`` [B] in [0, 1), ``beta`` [B] Beta(alpha, alpha) samples).
 
     ``alpha <= 0`` means no mixing: ``partner = arange(B)`` and ``lam = 1`` (draws unused).
+    ``percentile_gather`` (optional): maps the local losses [B] to the values the percentile is taken
+    over, e.g. the all-gathered [B * world] losses of a distributed batch; None: the local losses.
     """
     with torch.no_grad():
         loss = per_sample_ce(logits, target)
-        q = percentile_nearest(loss, percentile)
+        q = percentile_nearest(loss if percentile_gather is None else percentile_gather(loss), percentile)
         new_ma = update_moving_average(loss_ma, q, decay)
         v = sample_weights(weighting, loss, new_ma, epoch, burn_in_epoch)
         if alpha > 0:
@@ -286,15 +289,17 @@ class MixedLossStep(NamedTuple):
 
 def mixed_loss_step(
     logits_mixed, target, partner, lam, loss_ma_mixed, epoch, *, second_reweight, percentile, decay, weighting,
-    burn_in_epoch
+    burn_in_epoch, percentile_gather=None
 ) -> MixedLossStep:
     """Steps 8-9: ``L = mean(m)``, or with ``second_reweight`` ``L = sum(v2 * m) / B`` where v2 are
-    the step-4 weights of ``m`` against its own moving average ``ma2`` (a constant)."""
+    the step-4 weights of ``m`` against its own moving average ``ma2`` (a constant).
+    ``percentile_gather``: as in :func:`weights_and_sample`, for the percentile of ``m``."""
     m = mixed_ce(logits_mixed, target, partner, lam)
     if not second_reweight:
         return MixedLossStep(m.mean(), m, None, loss_ma_mixed)
     with torch.no_grad():
         md = m.detach()
-        new_ma2 = update_moving_average(loss_ma_mixed, percentile_nearest(md, percentile), decay)
+        pool = md if percentile_gather is None else percentile_gather(md)
+        new_ma2 = update_moving_average(loss_ma_mixed, percentile_nearest(pool, percentile), decay)
         v2 = sample_weights(weighting, md, new_ma2, epoch, burn_in_epoch)
     return MixedLossStep(weighted_mean(m, v2), m, v2, new_ma2)

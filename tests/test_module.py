@@ -309,3 +309,34 @@ def test_float64_and_half_logits():
         loss = mm.mixed_loss(zm, y, plan, 50)
         loss.backward()
         assert zm.grad.dtype == dtype and torch.isfinite(loss)
+
+
+@pytest.mark.slow
+def test_reference_step_compiles_fullgraph_and_matches_eager():
+    """No host sync or data-dependent Python branch: torch.compile(fullgraph=True) traces a step.
+
+    Dynamo cannot trace a torch.Generator object, so a compiled step draws from torch's global RNG
+    (generator=None, seeded with torch.manual_seed); fallback_random makes Inductor use the eager
+    random ops, so the compiled and eager steps see the same draws.
+    """
+    z, y = batch(13, b=32)
+    zm = torch.randn(32, 10, generator=torch.Generator().manual_seed(1))
+
+    def step(mm, z, zm, y, t):
+        plan = mm.plan(z, y, t)
+        return mm.mixed_loss(zm, y, plan, t), plan.partner
+
+    eager_mm, compiled_mm = make(burn_in_epoch=0, generator=None), make(burn_in_epoch=0, generator=None)
+    compiled = torch.compile(step, fullgraph=True)
+    a, b = zm.clone().requires_grad_(), zm.clone().requires_grad_()
+    torch.manual_seed(0)
+    la, pa = step(eager_mm, z, a, y, torch.tensor(50))
+    torch.manual_seed(0)
+    with torch._inductor.config.patch(fallback_random=True):
+        lb, pb = compiled(compiled_mm, z, b, y, torch.tensor(50))
+    la.backward()
+    lb.backward()
+    assert torch.equal(pa, pb)
+    torch.testing.assert_close(la, lb, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(eager_mm.loss_ma_mixed, compiled_mm.loss_ma_mixed)
