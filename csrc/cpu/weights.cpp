@@ -1,0 +1,78 @@
+#include "weights.h"
+
+#include <ATen/Parallel.h>
+#include <ATen/cpu/vec/vec.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "../common/mentornet_layout.h"
+
+namespace mentormix::cpu {
+namespace {
+
+using fVec = at::vec::Vectorized<float>;
+
+inline fVec vsigmoid(const fVec& x) { return fVec(1.f) / (fVec(1.f) + x.neg().exp()); }
+
+// MentorNet on one vector of examples (see common/mentornet_layout.h for the math).
+inline fVec mentornet_vec(const float* mn, const float* base, fVec l, fVec ma) {
+  const float* k = mn + kMnLstm;
+  const fVec d = l - ma;
+  const fVec c_fw = vsigmoid(l * fVec(k[0]) + d * fVec(k[1]) + fVec(k[2])) *
+                    (l * fVec(k[3]) + d * fVec(k[4]) + fVec(k[5])).tanh();
+  const fVec c_bw = vsigmoid(l * fVec(k[6]) + d * fVec(k[7]) + fVec(k[8])) *
+                    (l * fVec(k[9]) + d * fVec(k[10]) + fVec(k[11])).tanh();
+  fVec logit(0.f);
+  for (int j = 0; j < kMnHidden; ++j) {
+    const fVec h = (fVec(base[j]) + c_fw * fVec(mn[kMnCfw + j]) + c_bw * fVec(mn[kMnCbw + j])).tanh();
+    logit = logit + h * fVec(mn[kMnOut + j]);
+  }
+  return vsigmoid(logit);
+}
+
+void mentornet_range(const float* loss, int64_t begin, int64_t end, float ma, const WeightParams& p, float* v) {
+  const int64_t e = std::min<int64_t>(std::max<int64_t>(p.epoch, 0), kMnEpochs - 1);
+  const float* base = p.mentornet + kMnBase + e * kMnHidden;
+  const fVec vma(ma), zero(0.f);
+  constexpr int64_t n = fVec::size();
+  for (int64_t i = begin; i < end; i += n) {
+    const int64_t count = std::min(n, end - i);
+    const fVec l = fVec::loadu(loss + i, count);
+    // Non-finite losses are evaluated as 0 and then get weight 0 (the reference's policy).
+    const fVec finite = (l - l) == zero;  // inf - inf and NaN - NaN are NaN
+    const fVec safe = fVec::blendv(zero, l, finite);
+    const fVec out = fVec::blendv(zero, mentornet_vec(p.mentornet, base, safe, vma), finite);
+    out.store(v + i, count);
+  }
+}
+
+}  // namespace
+
+float update_moving_average(const float* loss, int64_t B, float ma, const WeightParams& p) {
+  std::vector<float> keys(loss, loss + B);
+  for (auto& x : keys) {
+    if (std::isnan(x)) x = std::numeric_limits<float>::infinity();
+  }
+  std::nth_element(keys.begin(), keys.begin() + p.rank, keys.end());
+  const float q = keys[p.rank];
+  if (!std::isfinite(q)) return ma;
+  // As torch computes `d * ma + (1 - d) * q` on fp32 tensors: the Python scalars become floats.
+  return static_cast<float>(p.decay) * ma + static_cast<float>(1.0 - p.decay) * q;
+}
+
+void compute_weights(const float* loss, int64_t B, float ma, const WeightParams& p, float* v) {
+  if (p.epoch < p.burn_in_epoch - 1) {
+    std::fill(v, v + B, 1.f);
+    return;
+  }
+  if (p.mentornet == nullptr) {
+    for (int64_t i = 0; i < B; ++i) v[i] = loss[i] < ma ? 1.f : 0.f;  // NaN -> 0
+    return;
+  }
+  at::parallel_for(0, B, 1024, [&](int64_t begin, int64_t end) { mentornet_range(loss, begin, end, ma, p, v); });
+}
+
+}  // namespace mentormix::cpu
