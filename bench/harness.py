@@ -1,0 +1,155 @@
+"""What the benchmarks measure: the full MentorMix loss step, per backend, and its minimal traffic.
+
+One step = op 1 ``weights_and_sample`` on first-pass logits ``z1`` [B, K] (with its random draws),
+op 2 ``mix`` of an input ``x`` [B, D] (D = :data:`MIX_DIM`), op 3 ``mixed_loss`` forward on
+second-pass logits ``z2`` [B, K] and its backward (``dL/dz2``). No network runs: only the loss ops.
+
+Minimal bytes (what any implementation must move, s = bytes per element of the logits' dtype):
+read z1 once (B K s), mix reads x and writes x~ (2 B D s), the mixed loss reads z2 in the forward
+and reads it again and writes dL/dz2 in the backward (3 B K s; SPEC §5 explains why 2 reads are the
+minimum with second reweighting). Per-example O(B) vectors are left out (< 1% at these sizes
+except K = 10). Achieved bandwidth = minimal bytes / time, reported as a fraction of the device's
+measured copy bandwidth (``2 * bytes / time`` of a large ``Tensor.copy_``).
+
+Variants: every available backend of :func:`mentormix_fast.backends` that supports the device (so a
+new backend, e.g. the C++ "cpu"/"cuda" ones, is benchmarked without touching this file), plus
+``reference+compile``: ``torch.compile`` of the reference step.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+import mentormix_fast as mf
+from mentormix_fast.backends import get_backend
+from mentormix_fast.config import MentorMixConfig
+
+MIX_DIM = 256
+GPU_CASES = [(128, 10), (128, 100), (1024, 1000), (8192, 32000), (65536, 1000)]
+CPU_CASES = [(128, 10), (128, 100)]
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+COMPILED = "reference+compile"
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def default_cases(device: str):
+    return GPU_CASES if device == "cuda" else CPU_CASES
+
+
+def variants(device: str) -> list[str]:
+    """Backend names to benchmark on ``device``, then the compiled reference."""
+    names = []
+    for name, status in mf.backends().items():
+        if status != "available":
+            continue
+        backend = get_backend(name, torch.device(device)) if _supports(name, device) else None
+        if backend is not None:
+            names.append(name)
+    return names + [COMPILED]
+
+
+def _supports(name: str, device: str) -> bool:
+    try:
+        get_backend(name, torch.device(device))
+        return True
+    except ValueError:
+        return False
+
+
+def minimal_bytes(batch: int, classes: int, dtype: torch.dtype) -> int:
+    s = torch.tensor([], dtype=dtype).element_size()
+    return 4 * batch * classes * s + 2 * batch * MIX_DIM * s
+
+
+@dataclass
+class Step:
+    """A ready-to-run loss step: ``run()`` does ops 1-3 forward and backward once."""
+
+    run: object
+    batch: int
+    classes: int
+    dtype: torch.dtype
+    device: str
+
+
+def make_step(variant: str, batch: int, classes: int, dtype: torch.dtype, device: str,
+              second_reweight: bool = True, seed: int = 0) -> Step:
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    z1 = (torch.randn(batch, classes, generator=g) * 2).to(device=device, dtype=dtype)
+    z2 = (torch.randn(batch, classes, generator=g) * 2).to(device=device, dtype=dtype).requires_grad_(True)
+    y = torch.randint(0, classes, (batch,), generator=g).to(device)
+    x = torch.randn(batch, MIX_DIM, generator=g).to(device=device, dtype=dtype)
+    config = MentorMixConfig(percentile=0.7, mixup_alpha=8.0, second_reweight=second_reweight, burn_in_epoch=10,
+                             total_steps=100, loss_ma_decay=0.5)
+    weighting = mf.mentornet_pd().to(device)
+    ma, ma2 = torch.zeros((), device=device), torch.zeros((), device=device)
+    epoch = torch.tensor(50, device=device)
+    backend = get_backend("reference" if variant == COMPILED else variant, torch.device(device))
+
+    def forward(z1, y, x, z2, ma, ma2, epoch):
+        plan = backend.weights_and_sample(z1, y, ma, epoch, config, weighting, None)
+        xm = backend.mix(x, plan.partner, plan.lam)
+        loss, new_ma2 = backend.mixed_loss(z2, y, plan.partner, plan.lam, ma2, epoch, config, weighting)
+        return loss, xm, plan.loss_ma, new_ma2
+
+    fwd = torch.compile(forward, fullgraph=True) if variant == COMPILED else forward
+
+    def run():
+        z2.grad = None
+        loss, xm, _, _ = fwd(z1, y, x, z2, ma, ma2, epoch)
+        loss.backward()
+        return loss
+
+    return Step(run, batch, classes, dtype, device)
+
+
+def synchronize(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_step(step: Step, warmup: int = 3, min_time: float = 0.2, max_iters: int = 200) -> float:
+    """Median seconds per call of ``step.run`` (device-synchronised)."""
+    for _ in range(warmup):
+        step.run()
+    synchronize(step.device)
+    times = []
+    start = time.perf_counter()
+    while len(times) < max_iters and (time.perf_counter() - start < min_time or len(times) < 3):
+        t0 = time.perf_counter()
+        step.run()
+        synchronize(step.device)
+        times.append(time.perf_counter() - t0)
+    times.sort()
+    return times[len(times) // 2]
+
+
+def copy_bandwidth(device: str, nbytes: int | None = None) -> float:
+    """Measured device copy bandwidth in bytes/s (read + write), from a large ``copy_``."""
+    nbytes = nbytes or ((1 << 30) if device == "cuda" else (64 << 20))
+    src = torch.empty(nbytes // 4, dtype=torch.float32, device=device).fill_(1.0)
+    dst = torch.empty_like(src)
+    for _ in range(3):
+        dst.copy_(src)
+    synchronize(device)
+    best = float("inf")
+    for _ in range(10):
+        t0 = time.perf_counter()
+        dst.copy_(src)
+        synchronize(device)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * nbytes / best
+
+
+def device_name(device: str) -> str:
+    if device == "cuda":
+        return torch.cuda.get_device_name()
+    import platform
+
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
