@@ -148,8 +148,9 @@ class MentorMix(nn.Module):
         self._follow(device)
         _, epoch = self._epoch(step)
         backend = get_backend(self.backend, device)
+        gather = self._gather_kwargs(backend)
         out = backend.weights_and_sample(logits.detach(), target, self.loss_ma, epoch, self.config, self.weighting,
-                                         self.generator, **self._gather_kwargs(backend))
+                                         self.generator, **gather)
         self.loss_ma.copy_(out.loss_ma)
         return MentorMixPlan(out.loss, out.weights, out.partner, out.lam)
 
@@ -173,8 +174,9 @@ class MentorMix(nn.Module):
         self._follow(device)
         step, epoch = self._epoch(step)
         backend = get_backend(self.backend, device)
+        gather = self._gather_kwargs(backend)
         loss, new_ma2 = backend.mixed_loss(logits_mixed, target, plan.partner, plan.lam, self.loss_ma_mixed, epoch,
-                                           self.config, self.weighting, **self._gather_kwargs(backend))
+                                           self.config, self.weighting, **gather)
         if self.config.second_reweight:
             self.loss_ma_mixed.copy_(new_ma2)
         with torch.no_grad():

@@ -1,0 +1,80 @@
+"""Evaluate a training checkpoint: top-1 on the clean test split with the EMA weights (SPEC §3).
+
+    python -m mentormix_fast.eval RUN_DIR_OR_CHECKPOINT [--data-dir DIR] [--raw] [--output FILE]
+
+A folder means its latest ``ckpt-*.pt``. The model, dataset and data folder come from the
+checkpoint's training arguments (``--data-dir`` overrides the folder). Writes JSON (default:
+``eval-<step>.json`` beside the checkpoint) and prints it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from . import checkpoint as ckpt
+from .datasets import load_dataset
+from .evaluation import top1_accuracy
+from .models import build_model
+
+
+def resolve_checkpoint(path) -> Path:
+    """``path`` itself when it is a file, else the latest checkpoint in the folder."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    found = ckpt.latest_checkpoint(path)
+    if found is None:
+        raise FileNotFoundError(f"no ckpt-*.pt checkpoint in {path}")
+    return found
+
+
+def evaluate_checkpoint(path, data_dir=None, use_ema: bool = True, device: str = "auto",
+                        batch_size: int = 500) -> dict:
+    """Load a checkpoint, rebuild its model with the EMA (or raw) weights and measure top-1."""
+    path = resolve_checkpoint(path)
+    state = ckpt.load(path)
+    args = state["args"]
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+    _, test, num_classes = load_dataset(args["dataset"], data_dir or args["data_dir"], download=False)
+    model = build_model(args["model"], num_classes, test.images.shape[1])
+    model.load_state_dict(state["model"])
+    if use_ema:
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                p.copy_(state["ema"]["shadow"][name])
+    model.to(device)
+    acc = top1_accuracy(model, test, device, batch_size)
+    return {"checkpoint": str(path), "step": int(state["step"]), "dataset": args["dataset"],
+            "noise_rate": args["noise_rate"], "noise_kind": args["noise_kind"], "model": args["model"],
+            "weights": "ema" if use_ema else "raw", "test_examples": len(test.labels), "top1": acc}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mentormix-eval", description=__doc__.split("\n\n")[0])
+    p.add_argument("path", help="a checkpoint file, or a run folder (its latest checkpoint)")
+    p.add_argument("--data-dir", default=None, help="override the data folder stored in the checkpoint")
+    p.add_argument("--raw", action="store_true", help="evaluate the raw weights instead of the EMA")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--batch-size", type=int, default=500)
+    p.add_argument("--output", default=None, help="JSON file to write (default: eval-<step>.json beside it)")
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    result = evaluate_checkpoint(args.path, args.data_dir, not args.raw, args.device, args.batch_size)
+    out = Path(args.output) if args.output else Path(result["checkpoint"]).with_name(f"eval-{result['step']}.json")
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    result["output"] = str(out)
+    json.dump(result, sys.stdout, indent=2)
+    print()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,407 @@
+"""Train a student with MentorMix on noisy labels: the release's CIFAR program (SPEC §3).
+
+    python -m mentormix_fast.train --out-dir runs/digits --max-steps 2000          # offline, any CPU
+    python -m mentormix_fast.train --preset cifar10-0.4 --data-dir ~/data --out-dir runs/c10-04
+    torchrun --nproc_per_node 8 -m mentormix_fast.train --preset cifar100-0.8 ... [--global-percentile]
+    python -m mentormix_fast.train --out-dir runs/c10-04 --resume                   # continue exactly
+
+One step t (0-based) of ``--max-steps`` T:
+    idx  = the next B indices of a seeded per-epoch permutation (rank r of W takes the r-th B of each
+           global batch of B*W)
+    x    = augment(images[idx])      (CIFAR: pad/crop/flip/colour, [-1, 1]; digits: as stored)
+    loss = MentorMix: first pass (no grad, BN stats frozen) -> plan -> mix -> second pass -> mixed loss
+    SGD(momentum 0.9), lr = lr0 * 0.9 ** floor(t / (num_epochs_per_decay * N / (B * W)));
+    weight decay 2e-4 on conv/FC kernels (none with --second-reweight, as in the release);
+    EMA of the weights, d_t = min(0.9999, (1 + t) / (10 + t)).
+
+Every draw of step t comes from generators seeded by (seed, t, rank), and the data order depends only on
+(seed, t), so a run resumed from a checkpoint replays exactly what the uninterrupted run would have done.
+Outputs in ``--out-dir``: ckpt-<step>.pt, train_log.csv, test_log.csv, weights.csv (per-example weights with
+a clean/noisy flag, for the histogram), tb/ (TensorBoard), summary.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import checkpoint as ckpt
+from . import distributed as dist_utils
+from .augment import cifar_train_augment, to_signed_unit
+from .backends import get_backend
+from .batchnorm import frozen_batchnorm_stats
+from .datasets import DATASETS, load_dataset
+from .ema import WeightEMA
+from .evaluation import top1_accuracy
+from .models import PRESETS as MODEL_PRESETS
+from .models import build_model, count_parameters, decay_parameters
+from .module import MentorMix
+from .noise import NOISE_KINDS, load_or_make_noisy_labels
+from .presets import PRESETS
+from .runlog import CsvLog, TensorBoardLog
+
+# Flags that must not change when a run is resumed.
+RESUME_KEYS = ("dataset", "noise_rate", "noise_kind", "noise_seed", "model", "batch_size", "max_steps", "seed",
+               "mixup_alpha", "percentile", "second_reweight", "burn_in_epoch", "weighting", "global_percentile",
+               "lr", "lr_decay_factor", "num_epochs_per_decay", "momentum", "weight_decay", "ema_decay")
+TRAIN_FIELDS = ["step", "lr", "loss", "loss_ma", "loss_ma_mixed", "weight_mean", "weight_clean", "weight_noisy",
+                "seconds"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mentormix-train", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--preset", choices=sorted(PRESETS), default=None,
+                   help="one of the release's eight (dataset, noise) settings; explicit flags still win")
+    g = p.add_argument_group("data and noise")
+    g.add_argument("--dataset", choices=DATASETS, default="digits")
+    g.add_argument("--data-dir", default="data", help="CIFAR folders live here; noisy labels go to noisy_labels/")
+    g.add_argument("--download", action="store_true", help="let torchvision download CIFAR into --data-dir")
+    g.add_argument("--noise-rate", type=float, default=0.4)
+    g.add_argument("--noise-kind", choices=NOISE_KINDS, default="symmetric")
+    g.add_argument("--noise-seed", type=int, default=0)
+    g = p.add_argument_group("student and optimisation")
+    g.add_argument("--model", choices=["auto", *MODEL_PRESETS], default="auto",
+                   help="auto: wide-resnet32 for CIFAR, resnet32 for digits")
+    g.add_argument("--batch-size", type=int, default=128, help="per rank")
+    g.add_argument("--max-steps", type=int, default=200_000)
+    g.add_argument("--lr", type=float, default=0.1)
+    g.add_argument("--lr-decay-factor", type=float, default=0.9)
+    g.add_argument("--num-epochs-per-decay", type=float, default=30.0)
+    g.add_argument("--momentum", type=float, default=0.9)
+    g.add_argument("--weight-decay", type=float, default=2e-4, help="on conv/FC kernels")
+    g.add_argument("--decay-with-second-reweight", action="store_true",
+                   help="keep weight decay when --second-reweight (the release has none then)")
+    g.add_argument("--ema-decay", type=float, default=0.9999)
+    g.add_argument("--amp", choices=["none", "bf16"], default="none", help="autocast both passes")
+    g = p.add_argument_group("MentorMix")
+    g.add_argument("--mixup-alpha", type=float, default=8.0)
+    g.add_argument("--percentile", type=float, default=0.7)
+    g.add_argument("--second-reweight", action=argparse.BooleanOptionalAction, default=True)
+    g.add_argument("--burn-in-epoch", type=int, default=10)
+    g.add_argument("--weighting", choices=["mentornet_pd", "threshold"], default="mentornet_pd")
+    g.add_argument("--loss-ma-decay", type=float, default=0.5)
+    g.add_argument("--backend", default="auto")
+    g.add_argument("--global-percentile", action="store_true",
+                   help="under torchrun: percentile over the all-gathered global batch (reference backend)")
+    g = p.add_argument_group("run")
+    g.add_argument("--out-dir", default="runs/mentormix")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--device", default="auto")
+    g.add_argument("--resume", nargs="?", const="latest", default=None,
+                   help="continue from the latest checkpoint in --out-dir (or from the given file)")
+    g.add_argument("--checkpoint-every", type=int, default=5000)
+    g.add_argument("--keep-checkpoints", type=int, default=3, help="0 keeps all")
+    g.add_argument("--log-every", type=int, default=100)
+    g.add_argument("--eval-every", type=int, default=5000, help="0: only at the end")
+    g.add_argument("--eval-batch-size", type=int, default=500)
+    g.add_argument("--stop-at-step", type=int, default=None,
+                   help="checkpoint and exit once this many steps are done (simulates an interruption)")
+    g.add_argument("--tensorboard", action=argparse.BooleanOptionalAction, default=True)
+    g.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="tqdm bar")
+    return p
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    """Parse twice: once to find ``--preset``, then with the preset's values as defaults."""
+    parser = build_parser()
+    first, _ = parser.parse_known_args(argv)
+    if first.preset:
+        parser.set_defaults(**PRESETS[first.preset])
+    args = parser.parse_args(argv)
+    if args.model == "auto":
+        args.model = "resnet32" if args.dataset == "digits" else "wide-resnet32"
+    if args.global_percentile and args.backend == "auto":
+        args.backend = "reference"
+    return args
+
+
+# ------------------------------------------------------------------------------------------------
+# Determinism helpers
+# ------------------------------------------------------------------------------------------------
+
+
+def derived_seed(*parts: int) -> int:
+    """A 63-bit seed from integers (NumPy's SeedSequence hashing): independent streams per use."""
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(2, np.uint64)[0] >> np.uint64(1))
+
+
+class BatchStream:
+    """Stateless batches over an infinite sequence of seeded per-epoch permutations of N examples.
+
+    Global step t covers stream positions [t * B * W, (t + 1) * B * W); rank r takes the r-th block
+    of B. Batches wrap across epoch boundaries (no example dropped), as the release's input queue.
+    """
+
+    def __init__(self, num_examples: int, batch: int, world: int, rank: int, seed: int):
+        self.n, self.batch, self.world, self.rank, self.seed = num_examples, batch, world, rank, seed
+        self._cache: dict[int, torch.Tensor] = {}
+
+    def _perm(self, epoch: int) -> torch.Tensor:
+        if epoch not in self._cache:
+            if len(self._cache) > 2:
+                self._cache.pop(min(self._cache))
+            gen = torch.Generator().manual_seed(derived_seed(self.seed, 1, epoch))
+            self._cache[epoch] = torch.randperm(self.n, generator=gen)
+        return self._cache[epoch]
+
+    def indices(self, step: int) -> torch.Tensor:
+        start = (step * self.world + self.rank) * self.batch
+        pos = torch.arange(start, start + self.batch)
+        epochs, offsets = pos // self.n, pos % self.n
+        out = torch.empty(self.batch, dtype=torch.int64)
+        for e in torch.unique(epochs).tolist():
+            sel = epochs == e
+            out[sel] = self._perm(e)[offsets[sel]]
+        return out
+
+
+def learning_rate(args, step: int, num_train: int, world: int) -> float:
+    """``lr0 * factor ** floor(t / decay_steps)``, ``decay_steps = epochs_per_decay * N / (B * W)``."""
+    decay_steps = args.num_epochs_per_decay * num_train / (args.batch_size * world)
+    return args.lr * args.lr_decay_factor ** math.floor(step / decay_steps)
+
+
+def params_digest(model: nn.Module) -> str:
+    """A short hash of the parameters (not the buffers: BatchNorm statistics are per rank under DDP)."""
+    h = hashlib.sha256()
+    for t in model.parameters():
+        h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+# ------------------------------------------------------------------------------------------------
+# The run
+# ------------------------------------------------------------------------------------------------
+
+
+class Trainer:
+    """Everything one rank holds: data on the device, model (DDP-wrapped when distributed), optimizer,
+    MentorMix loss, EMA, logs. ``run()`` trains to ``--max-steps`` (or ``--stop-at-step``)."""
+
+    def __init__(self, args: argparse.Namespace, info: dist_utils.DistInfo):
+        self.args, self.info = args, info
+        self.device = info.device
+        self.out = Path(args.out_dir)
+        if info.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+        train, self.test, self.num_classes = load_dataset(args.dataset, args.data_dir, args.download)
+        if args.download:
+            args.download = False  # once is enough; a resume must not need the network
+        # Rank 0 writes the noise file; the others wait and read the same labels.
+        if info.is_main:
+            noisy, self.noise = load_or_make_noisy_labels(args.data_dir, args.dataset, train.labels.numpy(),
+                                                          args.noise_rate, self.num_classes, args.noise_seed,
+                                                          args.noise_kind)
+        dist_utils.barrier()
+        if not info.is_main:
+            noisy, self.noise = load_or_make_noisy_labels(args.data_dir, args.dataset, train.labels.numpy(),
+                                                          args.noise_rate, self.num_classes, args.noise_seed,
+                                                          args.noise_kind, write=False)
+        self.num_train = len(train.labels)
+        self.images = train.images.to(self.device)
+        self.labels = torch.from_numpy(noisy).to(self.device)
+        self.is_noisy = (torch.from_numpy(noisy) != train.labels).to(self.device)
+        self.augment = cifar_train_augment if train.images.dtype == torch.uint8 else None
+        self.stream = BatchStream(self.num_train, args.batch_size, info.world_size, info.rank, args.seed)
+
+        torch.manual_seed(args.seed)
+        self.model = build_model(args.model, self.num_classes, train.images.shape[1]).to(self.device)
+        self.net = self.model
+        if info.enabled:
+            self.net = nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        decay = args.weight_decay if (not args.second_reweight or args.decay_with_second_reweight) else 0.0
+        decayed = {id(p) for p in decay_parameters(self.model)}
+        groups = [{"params": [p for p in self.model.parameters() if id(p) in decayed], "weight_decay": decay},
+                  {"params": [p for p in self.model.parameters() if id(p) not in decayed], "weight_decay": 0.0}]
+        self.optimizer = torch.optim.SGD(groups, lr=args.lr, momentum=args.momentum)
+        self.ema = WeightEMA(self.model, args.ema_decay)
+        self.mm_gen = torch.Generator(self.device)
+        self.aug_gen = torch.Generator(self.device)
+        self.mentormix = MentorMix(
+            total_steps=args.max_steps, percentile=args.percentile, mixup_alpha=args.mixup_alpha,
+            second_reweight=args.second_reweight, burn_in_epoch=args.burn_in_epoch, weighting=args.weighting,
+            loss_ma_decay=args.loss_ma_decay, backend=args.backend, generator=self.mm_gen,
+            percentile_gather=dist_utils.all_gather_cat if args.global_percentile else None).to(self.device)
+        self.amp_dtype = torch.bfloat16 if args.amp == "bf16" else None
+        self.step = 0
+        self.resumed_from = None
+        if args.resume:
+            self._resume(args.resume)
+
+    # -- checkpoints -----------------------------------------------------------------------------
+
+    def _resume(self, which: str) -> None:
+        path = ckpt.latest_checkpoint(self.out) if which == "latest" else Path(which)
+        if path is None:
+            self.log(f"no checkpoint in {self.out}: starting from step 0")
+            return
+        state = ckpt.load(path)
+        changed = {k: (state["args"].get(k), getattr(self.args, k)) for k in RESUME_KEYS
+                   if state["args"].get(k) != getattr(self.args, k)}
+        if changed:
+            raise SystemExit(f"--resume: {path} was trained with other settings {changed} (stored, given)")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.ema.load_state_dict(state["ema"])
+        per_rank = state["mentormix_per_rank"]
+        same_world = len(per_rank) == self.info.world_size
+        self.mentormix.load_state_dict(per_rank[self.info.rank] if same_world else state["mentormix"])
+        if same_world:
+            ckpt.set_rng_state(state["rng_per_rank"][self.info.rank])
+        else:
+            self.log(f"resuming {len(per_rank)} ranks' state on {self.info.world_size}: "
+                     f"each rank takes rank 0's moving averages")
+        self.step = int(state["step"])
+        self.resumed_from = str(path)
+        self.log(f"resumed from {path} at step {self.step}")
+
+    def save(self) -> None:
+        mm_states = dist_utils.all_gather_objects({k: v.cpu() for k, v in self.mentormix.state_dict().items()})
+        rng_states = dist_utils.all_gather_objects(ckpt.rng_state())
+        if self.info.is_main:
+            state = {"step": self.step, "args": vars(self.args), "model": self.model.state_dict(),
+                     "ema": self.ema.state_dict(), "optimizer": self.optimizer.state_dict(),
+                     "mentormix": mm_states[0], "mentormix_per_rank": mm_states, "rng_per_rank": rng_states,
+                     "noise": self.noise, "world_size": self.info.world_size}
+            ckpt.save_atomic(state, ckpt.checkpoint_path(self.out, self.step))
+            ckpt.prune(self.out, self.args.keep_checkpoints)
+        dist_utils.barrier()
+
+    # -- one step --------------------------------------------------------------------------------
+
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None)
+
+    def train_step(self, step: int):
+        """One MentorMix step t; returns (loss, plan, idx) with the loss detached."""
+        args = self.args
+        idx = self.stream.indices(step).to(self.device)
+        x = self.images[idx]
+        if self.augment is not None:
+            self.aug_gen.manual_seed(derived_seed(args.seed, 2, step, self.info.rank))
+            x = self.augment(x, self.aug_gen)
+        else:
+            x = to_signed_unit(x)
+        y = self.labels[idx]
+        self.mm_gen.manual_seed(derived_seed(args.seed, 3, step, self.info.rank))
+        lr = learning_rate(args, step, self.num_train, self.info.world_size)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        with torch.no_grad(), frozen_batchnorm_stats(self.net), self._autocast():
+            logits = self.net(x)
+        plan = self.mentormix.plan(logits, y, step)
+        with self._autocast():
+            logits_mixed = self.net(self.mentormix.mix_inputs(x, plan))
+        loss = self.mentormix.mixed_loss(logits_mixed, y, plan, step)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.ema.update(self.model, step)
+        return loss.detach(), plan, idx, lr
+
+    # -- the loop --------------------------------------------------------------------------------
+
+    def log(self, message: str) -> None:
+        if self.info.is_main:
+            print(f"[mentormix] {message}", file=sys.stderr, flush=True)
+
+    def evaluate(self) -> float:
+        return top1_accuracy(self.ema.averaged_model(self.model), self.test, self.device,
+                             self.args.eval_batch_size, self.amp_dtype)
+
+    def run(self) -> dict:
+        args, main = self.args, self.info.is_main
+        stop = args.max_steps if args.stop_at_step is None else min(args.stop_at_step, args.max_steps)
+        resume_step = self.step if self.resumed_from else None
+        backend = get_backend(args.backend, self.device).name
+        self.log(f"{args.dataset} noise {args.noise_kind} {args.noise_rate} (actual {self.noise['actual_rate']:.4f}), "
+                 f"{args.model} ({count_parameters(self.model):,} parameters), backend {backend}, "
+                 f"world {self.info.world_size}, device {self.device}")
+        train_log = test_log = weights_log = None
+        tb = TensorBoardLog(self.out / "tb", main and args.tensorboard, purge_step=resume_step)
+        if main:
+            train_log = CsvLog(self.out / "train_log.csv", TRAIN_FIELDS, resume_step)
+            test_log = CsvLog(self.out / "test_log.csv", ["step", "top1"], resume_step)
+            weights_log = CsvLog(self.out / "weights.csv", ["step", "weight", "noisy"], resume_step)
+        progress = None
+        if main and args.progress:
+            from tqdm import tqdm
+
+            progress = tqdm(total=stop, initial=self.step, desc="mentormix", dynamic_ncols=True)
+        started = time.time()
+        top1 = None
+        while self.step < stop:
+            t = self.step
+            loss, plan, idx, lr = self.train_step(t)
+            self.step = t + 1
+            if progress is not None:
+                progress.update(1)
+            if main and (self.step % args.log_every == 0 or self.step == args.max_steps):
+                w = plan.weights.float()
+                noisy = self.is_noisy[idx]
+                row = {"step": self.step, "lr": lr, "loss": float(loss),
+                       "loss_ma": float(self.mentormix.loss_ma), "loss_ma_mixed": float(self.mentormix.loss_ma_mixed),
+                       "weight_mean": float(w.mean()),
+                       "weight_clean": float(w[~noisy].mean()) if bool((~noisy).any()) else "",
+                       "weight_noisy": float(w[noisy].mean()) if bool(noisy.any()) else "",
+                       "seconds": round(time.time() - started, 3)}
+                train_log.write(row)
+                weights_log.write_many({"step": self.step, "weight": f"{v:.6g}", "noisy": int(n)}
+                                       for v, n in zip(w.cpu().tolist(), noisy.cpu().tolist()))
+                tb.scalars(self.step, {f"train/{k}": v for k, v in row.items() if k not in ("step", "seconds")})
+                tb.histogram(self.step, "weights/clean", w[~noisy].cpu())
+                tb.histogram(self.step, "weights/noisy", w[noisy].cpu())
+                if progress is not None:
+                    progress.set_postfix(loss=f"{row['loss']:.3f}", lr=f"{lr:.3g}")
+            if main and ((args.eval_every > 0 and self.step % args.eval_every == 0) or self.step == args.max_steps):
+                top1 = self.evaluate()
+                test_log.write({"step": self.step, "top1": top1})
+                tb.scalars(self.step, {"test/top1_ema": top1})
+                self.log(f"step {self.step}: test top-1 (EMA) {top1:.4f}")
+            if (args.checkpoint_every > 0 and self.step % args.checkpoint_every == 0) or self.step == stop:
+                self.save()
+        if progress is not None:
+            progress.close()
+        for log in (train_log, test_log, weights_log):
+            if log is not None:
+                log.close()
+        tb.close()
+        digests = dist_utils.all_gather_objects({"model": params_digest(self.model),
+                                                 "ema": params_digest(self.ema.averaged_model(self.model))})
+        summary = {"step": self.step, "finished": self.step >= args.max_steps, "top1_ema": top1,
+                   "dataset": args.dataset, "noise": self.noise, "model": args.model,
+                   "parameters": count_parameters(self.model), "backend": backend,
+                   "world_size": self.info.world_size, "rank_digests": digests,
+                   "ranks_agree": all(d == digests[0] for d in digests),
+                   "rank_loss_ma": dist_utils.all_gather_objects([float(self.mentormix.loss_ma),
+                                                                  float(self.mentormix.loss_ma_mixed)]),
+                   "resumed_from": self.resumed_from,
+                   "wall_s": round(time.time() - started, 3)}
+        if main:
+            (self.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        return summary
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    info = dist_utils.setup(args.device)
+    try:
+        Trainer(args, info).run()
+    finally:
+        dist_utils.teardown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,43 @@
+"""``python -m mentormix_fast.eval``: top-1 of the EMA weights on the clean test split, JSON out."""
+
+import json
+
+import pytest
+
+from mentormix_fast import checkpoint as ckpt
+from mentormix_fast.eval import evaluate_checkpoint, main
+from mentormix_fast.train import main as train_main
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("eval")
+    out = tmp / "run"
+    train_main(["--out-dir", str(out), "--data-dir", str(tmp / "data"), "--model", "resnet8", "--batch-size", "16",
+                "--max-steps", "6", "--eval-every", "0", "--checkpoint-every", "3", "--no-progress",
+                "--no-tensorboard"])
+    return out
+
+
+def test_latest_checkpoint_of_a_folder_matches_the_training_summary(run_dir, capsys):
+    out_json = run_dir / "eval.json"
+    assert main([str(run_dir), "--output", str(out_json)]) == 0
+    result = json.loads(out_json.read_text())
+    assert result["step"] == 6 and result["weights"] == "ema" and result["test_examples"] == 449
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert result["top1"] == pytest.approx(summary["top1_ema"])
+    assert json.loads(capsys.readouterr().out)["top1"] == result["top1"]
+
+
+def test_one_checkpoint_file_and_raw_weights(run_dir):
+    first = ckpt.list_checkpoints(run_dir)[0][1]
+    assert main([str(first), "--raw"]) == 0
+    written = first.with_name("eval-3.json")
+    result = json.loads(written.read_text())
+    assert result["step"] == 3 and result["weights"] == "raw" and 0.0 <= result["top1"] <= 1.0
+    assert evaluate_checkpoint(first)["weights"] == "ema"
+
+
+def test_empty_folder_is_an_error(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        evaluate_checkpoint(tmp_path)
