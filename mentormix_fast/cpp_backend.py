@@ -5,12 +5,14 @@ Importing this module never fails: a backend whose extension is missing (not bui
 load, wrong instruction set) is reported through :func:`mentormix_fast.backends.mark_unavailable`.
 
 Division of work (SPEC §4), per call, with no host synchronisation on a GPU:
-  * Python: argument plumbing, the random draws (``reference.draw_uniform``/``draw_beta`` from the
-    caller's generator, so the C++ backend and the reference consume the generator identically),
-    the percentile rank (a function of B and p only) and the folded MentorNet table (cached per
+  * Python: argument plumbing, the percentile rank (a function of B and p only) and the folded MentorNet table (cached per
     parameter version, see :func:`fold_mentornet`);
   * C++: everything that reads the logits or is O(B) (loss, percentile select, moving average,
-    MentorNet, softmax sampling, lam, the mixed loss and its gradient).
+    MentorNet, softmax sampling, lam, the mixed loss and its gradient), and the random draws: one
+    64-bit key from the caller's CPU generator per step, then a Philox stream per example
+    (csrc/cpu/draws.h), so a seeded generator gives reproducible steps whatever the thread count.
+    (The draws differ from the reference backend's; with ``uniform``/``beta`` given, as the
+    tests do, the results match the reference.)
 float64 logits (gradcheck territory) are delegated to the reference.
 """
 
@@ -153,17 +155,16 @@ class CppBackend:
             return _REFERENCE.weights_and_sample(logits, target, loss_ma, epoch, config, weighting, generator,
                                                  uniform, beta)
         batch, device = logits.shape[0], logits.device
-        mix = config.mixup_alpha > 0
-        if mix:
+        if (uniform is None) != (beta is None):  # one given: draw the other as the reference does
             uniform = reference.draw_uniform(batch, generator, device) if uniform is None else uniform
             beta = reference.draw_beta(config.mixup_alpha, batch, generator, device) if beta is None else beta
+        if uniform is not None:
             uniform, beta = uniform.to(torch.float64), beta.to(torch.float32)
-        else:
-            uniform = beta = torch.empty(0, dtype=torch.float32, device=device)
+        # Without given draws the kernel draws them from `generator` (csrc/cpu/draws.h).
         loss, v, partner, lam, new_ma = torch.ops.mentormix_cpp.weights_and_sample(
             logits.detach(), target.to(torch.int64), loss_ma.detach().to(torch.float32), _epoch_tensor(epoch, device),
-            _weighting_tensor(weighting, device), uniform, beta, reference.percentile_rank(batch, config.percentile),
-            config.loss_ma_decay, config.burn_in_epoch, mix)
+            _weighting_tensor(weighting, device), uniform, beta, generator, config.mixup_alpha,
+            reference.percentile_rank(batch, config.percentile), config.loss_ma_decay, config.burn_in_epoch)
         return reference.WeightsAndSample(loss, v, partner, lam, new_ma.to(loss_ma.dtype))
 
     def mix(self, x, partner, lam):

@@ -209,10 +209,12 @@ def test_bad_input_raises_not_crashes():
         lambda: ops.mixed_loss_forward(z, y, torch.tensor([0, 9, 0, 0]), lam, ma, ep, none, 1, 0.5, 1, False, False),
         lambda: ops.mixed_loss_forward(z, y.float(), y, lam, ma, ep, none, 1, 0.5, 1, False, False),
         lambda: ops.mixed_loss_forward(z, y, y, lam, ma, ep, none, 7, 0.5, 1, True, False),  # rank >= B
-        lambda: ops.weights_and_sample(z, y, ma, ep, torch.ones(5), u, b, 1, 0.5, 1, True),  # mentornet size
-        lambda: ops.weights_and_sample(z, y, ma, ep, none, u.float(), b, 1, 0.5, 1, True),  # uniform dtype
-        lambda: ops.weights_and_sample(z[:, :0], y, ma, ep, none, u, b, 1, 0.5, 1, True),  # K = 0
-        lambda: ops.weights_and_sample(z, y[:2], ma, ep, none, u, b, 1, 0.5, 1, True),
+        lambda: ops.weights_and_sample(z, y, ma, ep, torch.ones(5), u, b, None, 8.0, 1, 0.5, 1),  # mentornet size
+        lambda: ops.weights_and_sample(z, y, ma, ep, none, u.float(), b, None, 8.0, 1, 0.5, 1),  # uniform dtype
+        lambda: ops.weights_and_sample(z, y, ma, ep, none, u, None, None, 8.0, 1, 0.5, 1),  # one draw only
+        lambda: ops.weights_and_sample(z, y, ma, ep, none, None, None, torch.Generator(), 8.0, 9, 0.5, 1),  # rank
+        lambda: ops.weights_and_sample(z[:, :0], y, ma, ep, none, u, b, None, 8.0, 1, 0.5, 1),  # K = 0
+        lambda: ops.weights_and_sample(z, y[:2], ma, ep, none, u, b, None, 8.0, 1, 0.5, 1),
         lambda: ops.mixed_loss_backward(torch.tensor(1.0), z, y, y, lam, torch.zeros(3), none),
     ]
     for i, call in enumerate(bad_calls):
@@ -232,33 +234,67 @@ def test_fused_gradient_second_backward_is_an_error(backends_pair):
         loss.backward()
 
 
+def run_module_steps(backend, second_reweight, alpha, seed=1, steps=5):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(12, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10))
+    m = mf.MentorMix(total_steps=20, backend=backend, second_reweight=second_reweight, burn_in_epoch=2,
+                     mixup_alpha=alpha, generator=torch.Generator().manual_seed(seed))
+    losses = []
+    data = torch.Generator().manual_seed(2)
+    for _ in range(steps):
+        x = torch.randn(64, 12, generator=data)
+        y = torch.randint(0, 10, (64,), generator=data)
+        loss = m(model, x, y)
+        model.zero_grad()
+        loss.backward()
+        losses.append(loss.detach())
+    return torch.stack(losses), model[0].weight.grad.clone(), m.state_dict()
+
+
 @needs_cpp
 @pytest.mark.parametrize("second_reweight", [False, True])
 def test_module_steps_match_reference(second_reweight):
-    """Whole MentorMix steps: same generator seed -> same loss, gradients and state."""
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(12, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10))
-    results = {}
-    for name in ("cpu", "reference"):
-        m = mf.MentorMix(total_steps=20, backend=name, second_reweight=second_reweight, burn_in_epoch=2,
-                         generator=torch.Generator().manual_seed(1))
-        net = torch.nn.Sequential(*[torch.nn.Linear(12, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10)])
-        net.load_state_dict(model.state_dict())
-        losses = []
-        data = torch.Generator().manual_seed(2)
-        for _ in range(5):
-            x = torch.randn(64, 12, generator=data)
-            y = torch.randint(0, 10, (64,), generator=data)
-            loss = m(net, x, y)
-            net.zero_grad()
-            loss.backward()
-            losses.append(loss.detach())
-        results[name] = (torch.stack(losses), net[0].weight.grad.clone(), m.state_dict())
-    (la, ga, sa), (lr, gr, sr) = results["cpu"], results["reference"]
+    """Whole MentorMix steps without mixing (no draws): same losses, gradients and state."""
+    (la, ga, sa), (lr, gr, sr) = (run_module_steps(b, second_reweight, alpha=0.0) for b in ("cpu", "reference"))
     torch.testing.assert_close(la, lr, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(ga, gr, rtol=1e-4, atol=1e-6)
     for key in sr:
         torch.testing.assert_close(sa[key], sr[key], rtol=1e-5, atol=1e-6)
+
+
+@needs_cpp
+def test_module_steps_reproducible_with_draws():
+    """With mixing the kernel draws from the generator: the same seed gives the same steps."""
+    (la, ga, sa), (lb, gb, sb) = (run_module_steps("cpu", True, alpha=8.0) for _ in range(2))
+    assert torch.equal(la, lb) and torch.equal(ga, gb)
+    lc, _, _ = run_module_steps("cpu", True, alpha=8.0, seed=5)
+    assert not torch.equal(la, lc)
+    assert torch.isfinite(la).all()
+
+
+@needs_cpp
+@pytest.mark.parametrize("alpha", [0.05, 0.5, 8.0])
+def test_kernel_draws_distribution_and_threads(backends_pair, alpha):
+    """Kernel draws: lam = max(b, 1 - b) of Beta(alpha, alpha) in distribution, partners uniform
+    under equal weights, and the same draws whatever the number of threads."""
+    cpu, _ = backends_pair
+    B = 20000
+    z, y = torch.zeros(B, 2), torch.zeros(B, dtype=torch.int64)
+    out = cpu.weights_and_sample(z, y, torch.tensor(0.0), 0, config(alpha=alpha), "threshold",
+                                 torch.Generator().manual_seed(0))
+    b = torch.distributions.Beta(alpha, alpha).sample((200000,))
+    want = torch.maximum(b, 1 - b)
+    assert abs(float(out.lam.mean() - want.mean())) < 0.01
+    assert abs(float(out.lam.std() - want.std())) < 0.01
+    assert abs(float(out.partner.double().mean()) / B - 0.5) < 0.02
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        again = cpu.weights_and_sample(z, y, torch.tensor(0.0), 0, config(alpha=alpha), "threshold",
+                                       torch.Generator().manual_seed(0))
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(out.lam, again.lam) and torch.equal(out.partner, again.partner)
 
 
 def test_backend_is_reported():

@@ -1,20 +1,24 @@
 // The CPU kernels of mentormix_fast._C (SPEC §1 steps 2-9, §4). Schemas in register.cpp.
 #pragma once
 
+#include <ATen/core/Generator.h>
 #include <ATen/core/Tensor.h>
+
+#include <optional>
 
 #include <tuple>
 
 namespace mentormix::cpu {
 
 // Steps 2-6. logits [B, K] (fp32/bf16/fp16, unit stride along K), target [B] int64, loss_ma 0-d
-// fp32, epoch 0-d int64, mentornet folded fp32 [kMnSize] or empty (threshold), uniform [B] fp64,
-// beta [B] fp32 (both unused when !mix). Returns (loss [B] f32, v [B] f32, partner [B] i64,
-// lam [B] f32, new_ma 0-d f32).
+// fp32, epoch 0-d int64, mentornet folded fp32 [kMnSize] or empty (threshold). alpha <= 0: no
+// mixing. The draws are uniform [B] fp64 and beta [B] fp32 when both are given, otherwise drawn
+// from `generator` (draws.h). Returns (loss [B] f32, v [B] f32, partner [B] i64, lam [B] f32,
+// new_ma 0-d f32).
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> weights_and_sample(
     const at::Tensor& logits, const at::Tensor& target, const at::Tensor& loss_ma, const at::Tensor& epoch,
-    const at::Tensor& mentornet, const at::Tensor& uniform, const at::Tensor& beta, int64_t rank, double decay,
-    int64_t burn_in_epoch, bool mix);
+    const at::Tensor& mentornet, const std::optional<at::Tensor>& uniform, const std::optional<at::Tensor>& beta,
+    std::optional<at::Generator> generator, double alpha, int64_t rank, double decay, int64_t burn_in_epoch);
 
 // Step 7: x~_i = lam_i x_i + (1 - lam_i) x_{partner_i}; x [B, ...] float, in x's dtype.
 at::Tensor mix(const at::Tensor& x, const at::Tensor& partner, const at::Tensor& lam);

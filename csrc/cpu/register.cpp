@@ -25,7 +25,7 @@ PyObject* PyInit__C(void) {
 TORCH_LIBRARY(mentormix_cpp, m) {
   m.def(
       "weights_and_sample(Tensor logits, Tensor target, Tensor loss_ma, Tensor epoch, Tensor mentornet, "
-      "Tensor uniform, Tensor beta, int rank, float decay, int burn_in_epoch, bool mix) "
+      "Tensor? uniform, Tensor? beta, Generator? generator, float alpha, int rank, float decay, int burn_in_epoch) "
       "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def("mix(Tensor x, Tensor partner, Tensor lam) -> Tensor");
   m.def(

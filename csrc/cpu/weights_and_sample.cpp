@@ -1,5 +1,6 @@
 // Steps 2-6 (SPEC §1): per-example CE in one multi-threaded pass over the logits, then the O(B)
 // part (percentile, moving average, weights, softmax partner sampling, lam) on the calling thread.
+#include <ATen/CPUGeneratorImpl.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
@@ -11,6 +12,7 @@
 
 #include "../common/mentornet_layout.h"
 #include "checks.h"
+#include "draws.h"
 #include "ops.h"
 #include "vec_row.h"
 #include "weights.h"
@@ -69,8 +71,8 @@ void mix_lambda(const float* beta, const float* v, int64_t B, float* lam) {
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> weights_and_sample(
     const at::Tensor& logits_in, const at::Tensor& target_in, const at::Tensor& loss_ma, const at::Tensor& epoch,
-    const at::Tensor& mentornet, const at::Tensor& uniform_in, const at::Tensor& beta_in, int64_t rank, double decay,
-    int64_t burn_in_epoch, bool mix) {
+    const at::Tensor& mentornet, const std::optional<at::Tensor>& uniform_in, const std::optional<at::Tensor>& beta_in,
+    std::optional<at::Generator> generator, double alpha, int64_t rank, double decay, int64_t burn_in_epoch) {
   check_logits(logits_in, "logits");
   const int64_t B = logits_in.size(0), K = logits_in.size(1);
   check_vector(target_in, B, at::kLong, "target");
@@ -102,11 +104,25 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> weights_a
 
   int64_t* partner_ptr = partner.data_ptr<int64_t>();
   float* lam_ptr = lam.data_ptr<float>();
-  if (mix) {
-    check_vector(uniform_in, B, at::kDouble, "uniform");
-    check_vector(beta_in, B, at::kFloat, "beta");
-    const auto uniform = uniform_in.contiguous();
-    const auto beta = beta_in.contiguous();
+  if (alpha > 0) {
+    at::Tensor uniform, beta;
+    if (uniform_in.has_value() && beta_in.has_value()) {
+      check_vector(*uniform_in, B, at::kDouble, "uniform");
+      check_vector(*beta_in, B, at::kFloat, "beta");
+      uniform = uniform_in->contiguous();
+      beta = beta_in->contiguous();
+    } else {
+      TORCH_CHECK(!uniform_in.has_value() && !beta_in.has_value(), "uniform and beta: give both or neither");
+      uniform = at::empty({B}, f32.dtype(at::kDouble));
+      beta = at::empty({B}, f32);
+      auto* gen = at::get_generator_or_default<at::CPUGeneratorImpl>(generator, at::detail::getDefaultCPUGenerator());
+      uint64_t key;
+      {
+        std::lock_guard<std::mutex> lock(gen->mutex_);
+        key = gen->random64();
+      }
+      draw_uniform_beta(key, alpha, B, uniform.data_ptr<double>(), beta.data_ptr<float>());
+    }
     sample_partners(v.data_ptr<float>(), uniform.data_ptr<double>(), B, partner_ptr);
     mix_lambda(beta.data_ptr<float>(), v.data_ptr<float>(), B, lam_ptr);
   } else {
