@@ -8,7 +8,7 @@
 
 The folded MentorNet parameters come in one fp32 vector (see ``mentormix_fast.triton_backend``):
 ``P[0]`` burn-in flag (1.0 while ``e < burn_in_epoch - 1``), ``P[1:7]`` forward LSTM gate terms
-``(k_li, k_di, b_i, k_lj, k_di, b_j)``, ``P[7:13]`` the same for the backward LSTM, then four
+``(k[0,i], k[1,i], b[i], k[0,j], k[1,j], b[j])`` (row 0 multiplies l, row 1 l - ma), ``P[7:13]`` the same for the backward LSTM, then four
 [20] vectors: ``base = E_l[0] W1[0:2] + E_e[e] W1[2:7] + b1``, ``W1[7]``, ``W1[8]``, ``W2 + b2``.
 """
 
@@ -48,10 +48,33 @@ def reduce_block() -> int:
     return 4096 if interpreting() else 2048
 
 
+# Batches up to SMALL_B_MAX run the O(B) work (select, weights, scan) in ONE program and launch;
+# larger ones spread it over programs of LARGE_BLOCK examples (radix passes with atomic histograms,
+# per-block scans). Module variables so tests can force the many-program path on small batches.
+SMALL_B_MAX = 4096
+LARGE_BLOCK = 1024
+
+
 @triton.jit
 def _tanh(x):
-    # 1 - 2 / (exp(2x) + 1): saturates correctly at +-inf (exp overflow gives 1, underflow -1).
-    return 1.0 - 2.0 / (tl.exp(2.0 * x) + 1.0)
+    """tanh to ~1e-8 absolute (no libdevice, so it also runs in the interpreter).
+
+    |x| < 0.4: Taylor series to x^13 (next term < 2e-9); else ``(1 - e) / (1 + e)``, e = exp(-2|x|),
+    where 1 - e > 0.55 has no cancellation. The MentorNet multiplies tanh outputs by weights of
+    size ~40, so the cheap ``1 - 2 / (exp(2x) + 1)`` (error ~1e-7 near 0) is not good enough.
+    """
+    a = tl.abs(x)
+    x2 = x * x
+    poly = -1382.0 / 155925.0 + x2 * (21844.0 / 6081075.0)
+    poly = 62.0 / 2835.0 + x2 * poly
+    poly = -17.0 / 315.0 + x2 * poly
+    poly = 2.0 / 15.0 + x2 * poly
+    poly = -1.0 / 3.0 + x2 * poly
+    small = x + x * (x2 * poly)
+    e = tl.exp(-2.0 * a)
+    large = (1.0 - e) / (1.0 + e)
+    large = tl.where(x < 0, -large, large)
+    return tl.where(a < 0.4, small, large)
 
 
 @triton.jit
@@ -124,8 +147,18 @@ def _key_to_float(key):
 
 
 @triton.jit
+def _pick_digit(hist, prefix, rank):
+    """Append the digit whose bin holds ``rank`` to ``prefix``; ``rank`` becomes the rank within it."""
+    bins = tl.arange(0, 256)
+    cum = tl.cumsum(hist, 0)
+    d = tl.sum((cum <= rank).to(tl.int32), 0)
+    rank = rank - tl.sum(tl.where(bins < d, hist, 0), 0)
+    return (prefix << 8) | d.to(tl.uint32), rank
+
+
+@triton.jit
 def radix_select(x_ptr, n, k, BLOCK: tl.constexpr):
-    """The value of ascending rank ``k`` (0-based) among ``x[0:n]`` (fp32), exact with ties.
+    """The value of ascending rank ``k`` (0-based) among ``x[0:n]`` (fp32), exact with ties; one program.
 
     Four passes over x, one per 8-bit digit from the most significant: histogram the digit of the
     keys that share the prefix found so far, pick the bin holding rank ``k``, subtract the counts
@@ -133,7 +166,6 @@ def radix_select(x_ptr, n, k, BLOCK: tl.constexpr):
     """
     prefix = tl.zeros([1], tl.uint32)
     rank = tl.full([1], 0, tl.int32) + k
-    bins = tl.arange(0, 256)
     for p in tl.static_range(4):
         shift: tl.constexpr = 24 - 8 * p
         hist = tl.zeros([256], tl.int32)
@@ -147,11 +179,55 @@ def radix_select(x_ptr, n, k, BLOCK: tl.constexpr):
                 match = inb & ((key >> (shift + 8)) == prefix)
             digit = ((key >> shift) & 255).to(tl.int32)
             hist += tl.histogram(digit, 256, mask=match)
-        cum = tl.cumsum(hist, 0)
-        d = tl.sum((cum <= rank).to(tl.int32), 0)
-        rank = rank - tl.sum(tl.where(bins < d, hist, 0), 0)
-        prefix = (prefix << 8) | d.to(tl.uint32)
+        prefix, rank = _pick_digit(hist, prefix, rank)
     return tl.sum(_key_to_float(prefix), 0)
+
+
+@triton.jit
+def _radix_state(hist_ptr, k, PASSES: tl.constexpr):
+    """(prefix, rank) after the first ``PASSES`` digits, read from the global histograms [4, 256]."""
+    prefix = tl.zeros([1], tl.uint32)
+    rank = tl.full([1], 0, tl.int32) + k
+    for p in tl.static_range(PASSES):
+        prefix, rank = _pick_digit(tl.load(hist_ptr + p * 256 + tl.arange(0, 256)), prefix, rank)
+    return prefix, rank
+
+
+@triton.jit
+def radix_selected(hist_ptr, k):
+    """The selected value once the four global histograms of :func:`radix_hist_kernel` are full."""
+    prefix, _ = _radix_state(hist_ptr, k, 4)
+    return tl.sum(_key_to_float(prefix), 0)
+
+
+@triton.jit
+def radix_hist_kernel(x_ptr, n, k, hist_ptr, PASS: tl.constexpr, BLOCK: tl.constexpr):
+    """Pass ``PASS`` of the many-program radix select: every program re-derives the prefix from the
+    earlier passes' histograms (256 ints each), histograms its block and adds it atomically."""
+    prefix, _ = _radix_state(hist_ptr, k, PASS)
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    inb = offs < n
+    key = _float_key(tl.load(x_ptr + offs, mask=inb, other=0.0))
+    shift: tl.constexpr = 24 - 8 * PASS
+    if PASS == 0:
+        match = inb
+    else:
+        match = inb & ((key >> (shift + 8)) == prefix)
+    hist = tl.histogram(((key >> shift) & 255).to(tl.int32), 256, mask=match)
+    tl.atomic_add(hist_ptr + PASS * 256 + tl.arange(0, 256), hist, mask=hist > 0)
+
+
+def radix_histograms(values, rank: int):
+    """Launch the four passes over ``values`` [n] fp32; returns the [4, 256] int32 histograms from
+    which :func:`radix_selected` reads the value of ascending rank ``rank`` (exact, ties included)."""
+    import torch
+
+    hist = torch.zeros(4, 256, dtype=torch.int32, device=values.device)
+    block = LARGE_BLOCK
+    grid = (triton.cdiv(values.numel(), block),)
+    for p in range(4):
+        radix_hist_kernel[grid](values, values.numel(), rank, hist, PASS=p, BLOCK=block)
+    return hist
 
 
 @triton.jit
@@ -159,7 +235,7 @@ def row_weights(loss, ma, params_ptr, MODE: tl.constexpr):
     """Step-4 weights of a block of losses against the moving average ``ma`` (then burn-in).
 
     Threshold: ``v = 1[l < ma]``. MentorNet: ``c = sigmoid(a_i) tanh(a_j)`` per LSTM direction,
-    ``h = tanh(base + c_fw W1[7] + c_bw W1[8])`` [.., 20], ``v = sigmoid(h . (W2 + b2))``;
+    ``h = tanh(base + c_fw W1[7] + c_bw W1[8])`` [20], ``v = sigmoid(h . (W2 + b2))``;
     a non-finite loss gets 0. Burn-in (``P[0] != 0``) makes every weight 1.
     """
     finite = tl.abs(loss) < float("inf")  # False for NaN and +-inf
@@ -172,14 +248,13 @@ def row_weights(loss, ma, params_ptr, MODE: tl.constexpr):
             _tanh(ls * tl.load(params_ptr + 4) + d * tl.load(params_ptr + 5) + tl.load(params_ptr + 6))
         c_bw = _sigmoid(ls * tl.load(params_ptr + 7) + d * tl.load(params_ptr + 8) + tl.load(params_ptr + 9)) * \
             _tanh(ls * tl.load(params_ptr + 10) + d * tl.load(params_ptr + 11) + tl.load(params_ptr + 12))
-        j = tl.arange(0, 32)
-        jm = j < 20
-        base = tl.load(params_ptr + 13 + j, mask=jm, other=0.0)
-        w_fw = tl.load(params_ptr + 33 + j, mask=jm, other=0.0)
-        w_bw = tl.load(params_ptr + 53 + j, mask=jm, other=0.0)
-        w2 = tl.load(params_ptr + 73 + j, mask=jm, other=0.0)
-        h = _tanh(base[None, :] + c_fw[:, None] * w_fw[None, :] + c_bw[:, None] * w_bw[None, :])
-        v = _sigmoid(tl.sum(h * w2[None, :], 1))
+        # The 20 hidden units one at a time on [BLOCK] vectors: no [BLOCK, 20] tile in registers.
+        logit = tl.zeros_like(ls)
+        for j in tl.static_range(20):
+            h = _tanh(tl.load(params_ptr + 13 + j) + c_fw * tl.load(params_ptr + 33 + j)
+                      + c_bw * tl.load(params_ptr + 53 + j))
+            logit += h * tl.load(params_ptr + 73 + j)
+        v = _sigmoid(logit)
         v = tl.where(finite, v, 0.0)
     burn = tl.load(params_ptr)
     return tl.where(burn != 0.0, 1.0, v)

@@ -19,7 +19,8 @@ write -- two reads and one write in all, and this is the minimum here:
   than recomputing. So both cases use the same 2-read/1-write schedule.
 
 The O(B) middle (percentile by radix select, moving average, v2, the weighted sum) is one
-single-program launch; the loss is summed there in a fixed order (deterministic).
+single-program launch for B <= ``SMALL_B_MAX``; larger batches use the many-program radix passes
+and per-block partial sums added by one more program. Sums run in a fixed order (deterministic).
 """
 
 from __future__ import annotations
@@ -28,30 +29,56 @@ import torch
 import triton
 import triton.language as tl
 
-from ._shared import ce_rows_kernel, radix_select, reduce_block, row_tiling, row_weights
+from . import _shared
+from ._shared import ce_rows_kernel, radix_select, radix_selected, reduce_block, row_tiling, row_weights
 
 
 @triton.jit
-def _reduce_kernel(m_ptr, ma_ptr, params_ptr, w_ptr, ma_out_ptr, loss_ptr, n, k, decay,
-                   MODE: tl.constexpr, REWEIGHT: tl.constexpr, BLOCK: tl.constexpr):
+def _reduce_kernel(m_ptr, ma_ptr, params_ptr, hist_ptr, w_ptr, ma_out_ptr, part_ptr, loss_ptr, n, k, decay, span,
+                   MODE: tl.constexpr, REWEIGHT: tl.constexpr, PRESELECTED: tl.constexpr, SINGLE: tl.constexpr,
+                   BLOCK: tl.constexpr):
+    """Program p sums ``w_i m_i`` over [p * span, (p + 1) * span) (w = v2 or 1); SINGLE (one
+    program): writes the loss, otherwise the partial sum ``part[p]`` for :func:`_sum_kernel`."""
+    pid = tl.program_id(0)
+    lo = pid * span
+    hi = tl.minimum(lo + span, n)
     acc = tl.zeros([BLOCK], tl.float32)
     if REWEIGHT:
-        q = radix_select(m_ptr, n, k, BLOCK)
+        if PRESELECTED:
+            q = radix_selected(hist_ptr, k)
+        else:
+            q = radix_select(m_ptr, n, k, BLOCK)
         ma = tl.load(ma_ptr)
         ma_new = tl.where(tl.abs(q) < float("inf"), decay * ma + (1.0 - decay) * q, ma)
-        tl.store(ma_out_ptr, ma_new)
-        for start in range(0, n, BLOCK):
+        if pid == 0:
+            tl.store(ma_out_ptr, ma_new)
+        for start in range(lo, hi, BLOCK):
             offs = start + tl.arange(0, BLOCK)
-            inb = offs < n
+            inb = offs < hi
             m = tl.load(m_ptr + offs, mask=inb, other=0.0)
             w = row_weights(m, ma_new, params_ptr, MODE)
             tl.store(w_ptr + offs, w, mask=inb)
             acc += tl.where(inb, w * m, 0.0)
     else:
-        tl.store(ma_out_ptr, tl.load(ma_ptr))
-        for start in range(0, n, BLOCK):
+        if pid == 0:
+            tl.store(ma_out_ptr, tl.load(ma_ptr))
+        for start in range(lo, hi, BLOCK):
             offs = start + tl.arange(0, BLOCK)
-            acc += tl.load(m_ptr + offs, mask=offs < n, other=0.0)
+            acc += tl.load(m_ptr + offs, mask=offs < hi, other=0.0)
+    total = tl.sum(acc, 0)
+    if SINGLE:
+        tl.store(loss_ptr, total / n)
+    else:
+        tl.store(part_ptr + pid, total)
+
+
+@triton.jit
+def _sum_kernel(part_ptr, loss_ptr, g, n, BLOCK: tl.constexpr):
+    """``loss = sum(part[0:g]) / n`` in a fixed order (deterministic)."""
+    acc = tl.zeros([BLOCK], tl.float32)
+    for start in range(0, g, BLOCK):
+        offs = start + tl.arange(0, BLOCK)
+        acc += tl.load(part_ptr + offs, mask=offs < g, other=0.0)
     tl.store(loss_ptr, tl.sum(acc, 0) / n)
 
 
@@ -101,8 +128,18 @@ def mixed_loss_forward(logits, target, partner, lam, loss_ma_mixed, params, *, r
     w = torch.empty(batch if second_reweight else 0, dtype=torch.float32, device=device)
     ma_new = torch.empty((), dtype=torch.float32, device=device)
     loss = torch.empty((), dtype=torch.float32, device=device)
-    _reduce_kernel[(1,)](m, loss_ma_mixed, params, w, ma_new, loss, batch, rank, decay,
-                         MODE=mode, REWEIGHT=second_reweight, BLOCK=reduce_block(), num_warps=8)
+    if batch <= _shared.SMALL_B_MAX:
+        span, grid, hist, block = batch, 1, m, reduce_block()
+    else:
+        span = block = _shared.LARGE_BLOCK
+        grid = triton.cdiv(batch, span)
+        hist = _shared.radix_histograms(m, rank) if second_reweight else m
+    part = torch.empty(grid, dtype=torch.float32, device=device)
+    _reduce_kernel[(grid,)](m, loss_ma_mixed, params, hist, w if second_reweight else m, ma_new, part, loss, batch,
+                            rank, decay, span, MODE=mode, REWEIGHT=second_reweight, PRESELECTED=grid > 1,
+                            SINGLE=grid == 1, BLOCK=block, num_warps=8)
+    if grid > 1:
+        _sum_kernel[(1,)](part, loss, grid, batch, BLOCK=1024)
     return loss, ma_new, lse, w
 
 

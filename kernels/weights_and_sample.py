@@ -1,19 +1,22 @@
 """Fused steps 2-6 (SPEC §1): per-example CE, percentile, moving average, weights, partners, lambda.
 
-Three launches, no host synchronisation, the [B, K] logits read once:
+No host synchronisation; the [B, K] logits are read once (launch 1), the rest is O(B):
 
 1. :func:`ce_rows_kernel` (grid over row tiles): ``l_i = lse(z_i) - z_i[y_i]`` in fp32.
-2. :func:`_plan_kernel` (one program, O(B)): ``q`` = the exact nearest percentile of l (radix
-   select, rank ``percentile_rank(B, p)``), ``ma' = d ma + (1 - d) q`` (unchanged when q is not
-   finite), weights v (threshold or MentorNet, burn-in), ``lam`` from the Beta draws, and the
-   running sum ``c_i = sum_{j <= i} exp(v_j)`` (the unnormalised CDF of softmax(v): v is in
-   [0, 1], so no max shift is needed).
+2. ``q`` = the exact nearest percentile of l (rank ``percentile_rank(B, p)``) by radix select;
+   ``ma' = d ma + (1 - d) q`` (unchanged when q is not finite); weights v (threshold or MentorNet,
+   burn-in); ``lam`` from the Beta draws; ``c_i = sum_{j <= i} exp(v_j)``, the unnormalised CDF of
+   softmax(v) (v is in [0, 1], so no max shift is needed).
+   Small B (<= ``SMALL_B_MAX``): all of it in ONE program (:func:`_plan_kernel`, grid 1). Large B:
+   four radix passes over programs of ``LARGE_BLOCK`` (atomic global histograms), then
+   :func:`_plan_kernel` over the same blocks (each program derives q from the histograms, scans
+   its block) and :func:`_block_scan_kernel` (inclusive scan of the block sums).
 3. :func:`_partner_kernel` (grid over B): ``j_i`` = the first index with ``c_j > u_i c_{B-1}``
-   (binary search), i.e. ``searchsorted(cdf, u * total, right=True)`` as in the reference.
+   by binary search, i.e. ``searchsorted(cdf, u * total, right=True)`` as in the reference.
 
 The draws ``u`` (fp64 uniform) and ``b`` (Beta(alpha, alpha)) come in as tensors; the caller
-draws them from the MentorMix generator with torch (so they are seedable, graph-safe and the same
-draws the reference backend would make).
+draws them from the MentorMix generator with torch (seedable, CUDA-graph safe, and the same draws
+the reference backend makes for the same seed).
 """
 
 from __future__ import annotations
@@ -22,20 +25,31 @@ import torch
 import triton
 import triton.language as tl
 
-from ._shared import ce_rows_kernel, radix_select, reduce_block, row_tiling, row_weights
+from . import _shared
+from ._shared import ce_rows_kernel, radix_select, radix_selected, reduce_block, row_tiling, row_weights
 
 
 @triton.jit
-def _plan_kernel(loss_ptr, ma_ptr, params_ptr, beta_ptr, v_ptr, lam_ptr, cdf_ptr, ma_out_ptr, n, k, decay,
-                 MODE: tl.constexpr, MIX: tl.constexpr, BLOCK: tl.constexpr):
-    q = radix_select(loss_ptr, n, k, BLOCK)
+def _plan_kernel(loss_ptr, ma_ptr, params_ptr, beta_ptr, hist_ptr, v_ptr, lam_ptr, cdf_ptr, bsum_ptr, ma_out_ptr,
+                 n, k, decay, span, MODE: tl.constexpr, MIX: tl.constexpr, PRESELECTED: tl.constexpr,
+                 BLOCK: tl.constexpr):
+    """Program p handles examples [p * span, (p + 1) * span); its CDF is local to that span and
+    its total goes to ``bsum[p]``."""
+    pid = tl.program_id(0)
+    if PRESELECTED:
+        q = radix_selected(hist_ptr, k)
+    else:
+        q = radix_select(loss_ptr, n, k, BLOCK)
     ma = tl.load(ma_ptr)
     ma_new = tl.where(tl.abs(q) < float("inf"), decay * ma + (1.0 - decay) * q, ma)
-    tl.store(ma_out_ptr, ma_new)
+    if pid == 0:
+        tl.store(ma_out_ptr, ma_new)
     carry = 0.0
-    for start in range(0, n, BLOCK):
+    lo = pid * span
+    hi = tl.minimum(lo + span, n)
+    for start in range(lo, hi, BLOCK):
         offs = start + tl.arange(0, BLOCK)
-        inb = offs < n
+        inb = offs < hi
         loss = tl.load(loss_ptr + offs, mask=inb, other=0.0)
         v = row_weights(loss, ma_new, params_ptr, MODE)
         tl.store(v_ptr + offs, v, mask=inb)
@@ -44,23 +58,39 @@ def _plan_kernel(loss_ptr, ma_ptr, params_ptr, beta_ptr, v_ptr, lam_ptr, cdf_ptr
             lam = tl.maximum(b, 1.0 - b)
             tl.store(lam_ptr + offs, tl.where(v >= 0.5, lam, 1.0 - lam), mask=inb)
             e = tl.where(inb, tl.exp(v), 0.0)
-            c = tl.cumsum(e, 0) + carry
-            tl.store(cdf_ptr + offs, c, mask=inb)
+            tl.store(cdf_ptr + offs, tl.cumsum(e, 0) + carry, mask=inb)
             carry = carry + tl.sum(e, 0)
+    if MIX:
+        tl.store(bsum_ptr + pid, carry)
 
 
 @triton.jit
-def _partner_kernel(cdf_ptr, uniform_ptr, partner_ptr, n, n_iter, BLOCK: tl.constexpr):
+def _block_scan_kernel(bsum_ptr, g, BLOCK: tl.constexpr):
+    """In-place inclusive scan of the ``g`` block sums (one program)."""
+    carry = 0.0
+    for start in range(0, g, BLOCK):
+        offs = start + tl.arange(0, BLOCK)
+        x = tl.load(bsum_ptr + offs, mask=offs < g, other=0.0)
+        tl.store(bsum_ptr + offs, tl.cumsum(x, 0) + carry, mask=offs < g)
+        carry = carry + tl.sum(x, 0)
+
+
+@triton.jit
+def _partner_kernel(cdf_ptr, bincl_ptr, uniform_ptr, partner_ptr, n, g, span, n_iter, BLOCK: tl.constexpr):
+    """``CDF(i) = cdf_local[i] + bincl[i // span - 1]`` (0 in the first span); binary search of
+    ``u * total`` for the first index whose CDF exceeds it."""
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     inb = offs < n
-    total = tl.load(cdf_ptr + n - 1)
+    total = tl.load(bincl_ptr + g - 1)
     t = tl.load(uniform_ptr + offs, mask=inb, other=0.0).to(tl.float32) * total
     lo = tl.zeros([BLOCK], tl.int64)
     hi = tl.zeros([BLOCK], tl.int64) + n
     for _ in range(n_iter):
-        active = lo < hi
+        active = (lo < hi) & inb
         mid = (lo + hi) // 2
-        c = tl.load(cdf_ptr + mid, mask=active & inb, other=0.0)
+        blk = mid // span
+        c = tl.load(cdf_ptr + mid, mask=active, other=0.0) + \
+            tl.load(bincl_ptr + blk - 1, mask=active & (blk > 0), other=0.0)
         right = c <= t
         lo = tl.where(active & right, mid + 1, lo)
         hi = tl.where(active & (~right), mid, hi)
@@ -91,21 +121,27 @@ def weights_and_sample(logits, target, loss_ma, params, uniform, beta, *, rank: 
     batch = logits.shape[0]
     device = logits.device
     loss = per_sample_ce(logits, target)
-    v = torch.empty(batch, dtype=torch.float32, device=device)
-    ma_new = torch.empty((), dtype=torch.float32, device=device)
-    block = reduce_block()
-    if mix:
-        lam = torch.empty(batch, dtype=torch.float32, device=device)
-        cdf = torch.empty(batch, dtype=torch.float32, device=device)
-        _plan_kernel[(1,)](loss, loss_ma, params, beta, v, lam, cdf, ma_new, batch, rank, decay,
-                           MODE=mode, MIX=True, BLOCK=block, num_warps=8)
-        partner = torch.empty(batch, dtype=torch.int64, device=device)
-        search_block = 1024
-        _partner_kernel[(triton.cdiv(batch, search_block),)](cdf, uniform, partner, batch, batch.bit_length(),
-                                                             BLOCK=search_block)
+    f32 = dict(dtype=torch.float32, device=device)
+    v = torch.empty(batch, **f32)
+    ma_new = torch.empty((), **f32)
+    lam = torch.empty(batch, **f32) if mix else torch.ones(batch, **f32)
+    cdf = torch.empty(batch if mix else 0, **f32)
+    if batch <= _shared.SMALL_B_MAX:
+        span, grid, hist, block = batch, 1, loss, reduce_block()
     else:
-        _plan_kernel[(1,)](loss, loss_ma, params, v, v, v, v, ma_new, batch, rank, decay,
-                           MODE=mode, MIX=False, BLOCK=block, num_warps=8)
-        partner = torch.arange(batch, device=device)
-        lam = torch.ones(batch, dtype=torch.float32, device=device)
+        span = block = _shared.LARGE_BLOCK
+        grid = triton.cdiv(batch, span)
+        hist = _shared.radix_histograms(loss, rank)
+    bsum = torch.empty(grid if mix else 0, **f32)
+    _plan_kernel[(grid,)](loss, loss_ma, params, beta if mix else v, hist, v, lam, cdf if mix else v,
+                          bsum if mix else v, ma_new, batch, rank, decay, span,
+                          MODE=mode, MIX=mix, PRESELECTED=grid > 1, BLOCK=block, num_warps=8)
+    if not mix:
+        return loss, v, torch.arange(batch, device=device), lam, ma_new
+    if grid > 1:
+        _block_scan_kernel[(1,)](bsum, grid, BLOCK=1024)
+    partner = torch.empty(batch, dtype=torch.int64, device=device)
+    search_block = 1024
+    _partner_kernel[(triton.cdiv(batch, search_block),)](cdf, bsum, uniform, partner, batch, grid, span,
+                                                         batch.bit_length(), BLOCK=search_block)
     return loss, v, partner, lam, ma_new

@@ -28,7 +28,7 @@ if not torch.cuda.is_available():
     if os.environ.get("TRITON_INTERPRET") != "1":
         pytest.skip("no CUDA and TRITON_INTERPRET is not 1", allow_module_level=True)
 
-from mentormix_fast.kernels._shared import radix_select  # noqa: E402  (after the interpreter switch)
+from mentormix_fast.kernels._shared import radix_select, radix_selected  # noqa: E402  (after the interpreter switch)
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 GRAD_TOL = {torch.float32: dict(rtol=1e-4, atol=1e-6), torch.bfloat16: dict(rtol=2e-2, atol=1e-4),
@@ -88,17 +88,22 @@ def check_weights_and_sample(device, b, k, dtype, weighting, epoch, config, seed
     ma = torch.tensor(0.8, device=device)
     got = tri.weights_and_sample(z, y, ma, epoch, config, weighting, None, u, beta)
     want = rb.weights_and_sample(z, y, ma, epoch, config, weighting, None, u, beta)
+    # Stage by stage, each from the kernel's own inputs to it (CE rounding differs at ~1e-7, and
+    # the trained MentorNet amplifies input differences ~100x, so end-to-end weights are looser).
     torch.testing.assert_close(got.loss, want.loss, rtol=1e-5, atol=1e-5, equal_nan=True)
+    q = ref.percentile_nearest(got.loss, config.percentile)
+    torch.testing.assert_close(got.loss_ma, ref.update_moving_average(ma, q, config.loss_ma_decay), rtol=0, atol=0)
     torch.testing.assert_close(got.loss_ma, want.loss_ma, rtol=1e-5, atol=1e-6)
     assert torch.isfinite(got.loss_ma)
-    # Weights: a threshold weight may flip only where l is within rounding of ma.
-    close = (want.loss - want.loss_ma).abs() < 1e-4
-    torch.testing.assert_close(got.weights[~close], want.weights[~close], rtol=0, atol=2e-5)
+    w_ref = ref.sample_weights(weighting, got.loss, got.loss_ma, epoch, config.burn_in_epoch)
+    torch.testing.assert_close(got.weights, w_ref, rtol=0, atol=3e-6)
     assert got.partner.dtype == torch.int64 and got.lam.dtype == torch.float32
-    agree = (got.weights >= 0.5) == (want.weights >= 0.5)
-    torch.testing.assert_close(got.lam[agree], want.lam[agree], rtol=0, atol=0)
     if config.mixup_alpha > 0:
-        check_partners(got.partner, want.weights, u, want.partner)
+        torch.testing.assert_close(got.lam, ref.mix_lambda(beta.float(), got.weights), rtol=0, atol=0)
+        check_partners(got.partner, got.weights, u, ref.sample_partners(got.weights, u))
+        agree = (got.weights >= 0.5) == (want.weights >= 0.5)
+        torch.testing.assert_close(got.lam[agree], want.lam[agree], rtol=0, atol=0)
+        assert (got.partner == want.partner).float().mean() > 0.9
     else:
         assert torch.equal(got.partner, torch.arange(b, device=device))
         assert torch.all(got.lam == 1)
@@ -363,3 +368,56 @@ def test_auto_never_picks_the_interpreter():
 
     assert gb("auto", torch.device("cpu")).name != "triton"
     assert get_backend("triton", torch.device(DEVICE)).supports(torch.device(DEVICE))
+
+
+# ------------------------------------------------------------------------------------------------
+# The many-program O(B) path (large B), forced on small batches
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def many_programs(monkeypatch):
+    from mentormix_fast.kernels import _shared
+
+    monkeypatch.setattr(_shared, "SMALL_B_MAX", 16)
+    monkeypatch.setattr(_shared, "LARGE_BLOCK", 64)
+
+
+@pytest.mark.parametrize("b", [17, 200, 1000])
+def test_radix_histograms_many_programs(many_programs, b):
+    from mentormix_fast.kernels import _shared
+
+    g = torch.Generator().manual_seed(b)
+    x = torch.randint(0, 9, (b,), generator=g).float() * torch.rand(1, generator=g)
+    x[::13] = math.nan
+    x[5] = -2.0
+    x = x.to(DEVICE)
+    for p in (0.0, 0.2, 0.5, 0.7, 1.0):
+        k = ref.percentile_rank(b, p)
+        hist = _shared.radix_histograms(x, k)
+        out = torch.empty((), device=DEVICE)
+        _selected_launch[(1,)](hist, k, out)
+        want = ref.percentile_nearest(x, p)
+        assert out.item() == want.item() or (math.isnan(out.item()) and math.isnan(want.item())), (p, out, want)
+
+
+@triton.jit
+def _selected_launch(hist_ptr, k, out_ptr):
+    from_hist = radix_selected(hist_ptr, k)
+    tl.store(out_ptr, from_hist)
+
+
+@pytest.mark.parametrize("weighting", ["threshold", "mentornet"])
+@pytest.mark.parametrize("b", [17, 300])
+def test_weights_and_sample_many_programs(many_programs, weighting, b):
+    w = "threshold" if weighting == "threshold" else mf.mentornet_pd()
+    check_weights_and_sample(DEVICE, b, 11, torch.float32, w, 60, cfg(), nan_rows=(1, 8))
+
+
+@pytest.mark.parametrize("second_reweight", [True, False])
+def test_mixed_loss_many_programs(many_programs, second_reweight):
+    check_mixed_loss(DEVICE, 300, 9, torch.bfloat16, mf.mentornet_pd(), 92, cfg(second_reweight=second_reweight))
+
+
+def test_partner_frequencies_many_programs(many_programs):
+    test_partner_frequencies_follow_softmax_of_weights()
