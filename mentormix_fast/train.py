@@ -83,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep weight decay when --second-reweight (the release has none then)")
     g.add_argument("--ema-decay", type=float, default=0.9999)
     g.add_argument("--amp", choices=["none", "bf16"], default="none", help="autocast both passes")
+    g.add_argument("--channels-last", action="store_true", help="NHWC memory format (faster convs on GPU)")
     g = p.add_argument_group("MentorMix")
     g.add_argument("--mixup-alpha", type=float, default=8.0)
     g.add_argument("--percentile", type=float, default=0.7)
@@ -194,9 +195,13 @@ class Trainer:
         self.out = Path(args.out_dir)
         if info.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
-        train, self.test, self.num_classes = load_dataset(args.dataset, args.data_dir, args.download)
-        if args.download:
-            args.download = False  # once is enough; a resume must not need the network
+        # Rank 0 downloads (when asked) before the others read the folder.
+        if info.is_main:
+            train, self.test, self.num_classes = load_dataset(args.dataset, args.data_dir, args.download)
+        dist_utils.barrier()
+        if not info.is_main:
+            train, self.test, self.num_classes = load_dataset(args.dataset, args.data_dir, False)
+        args.download = False  # stored in checkpoints: a resume must not need the network
         # Rank 0 writes the noise file; the others wait and read the same labels.
         if info.is_main:
             noisy, self.noise = load_or_make_noisy_labels(args.data_dir, args.dataset, train.labels.numpy(),
@@ -216,6 +221,8 @@ class Trainer:
 
         torch.manual_seed(args.seed)
         self.model = build_model(args.model, self.num_classes, train.images.shape[1]).to(self.device)
+        self.memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
+        self.model.to(memory_format=self.memory_format)
         self.net = self.model
         if info.enabled:
             self.net = nn.parallel.DistributedDataParallel(
@@ -293,6 +300,7 @@ class Trainer:
             x = self.augment(x, self.aug_gen)
         else:
             x = to_signed_unit(x)
+        x = x.contiguous(memory_format=self.memory_format)
         y = self.labels[idx]
         self.mm_gen.manual_seed(derived_seed(args.seed, 3, step, self.info.rank))
         lr = learning_rate(args, step, self.num_train, self.info.world_size)

@@ -71,6 +71,10 @@ def test_logs_checkpoints_and_summary(tmp_path):
     assert summary["finished"] and 0.0 <= summary["top1_ema"] <= 1.0
     assert 0.3 < summary["noise"]["actual_rate"] < 0.42  # 0.4 symmetric on 10 classes: ~0.36
     assert (tmp_path / "data" / "noisy_labels").is_dir()
+    try:
+        import tensorboard  # noqa: F401  (optional at run time; pinned in requirements.txt)
+    except ImportError:
+        return
     assert list((out / "tb").glob("events.out.tfevents.*"))
 
 
@@ -81,7 +85,7 @@ def test_resume_refuses_other_settings(tmp_path):
 
 
 def test_threshold_weighting_no_reweight_and_bf16(tmp_path):
-    out = _run(tmp_path, "run", "--weighting", "threshold", "--no-second-reweight", "--amp", "bf16",
+    out = _run(tmp_path, "run", "--weighting", "threshold", "--no-second-reweight", "--amp", "bf16", "--channels-last",
                "--noise-kind", "pairflip", "--max-steps", "4", "--eval-every", "0")
     state = _final_state(out)
     assert state["optimizer"]["param_groups"][0]["weight_decay"] == 2e-4  # decay on when no second reweight
