@@ -10,7 +10,7 @@
 
 namespace mentormix::cpu {
 
-// uniform [B] in [0, 1) (53-bit), beta [B]: G1 / (G1 + G2) with G ~ Gamma(alpha) by
+// uniform [B] in [0, 1) (53-bit), beta [B]: G1 / (G1 + G2) with G ~ Gamma(alpha) in float by
 // Marsaglia-Tsang (alpha < 1 boosted as Gamma(alpha + 1) * U^(1 / alpha)); when both gammas
 // underflow to 0 (tiny alpha) the draw is 1 if G1 >= G2, as the reference's fallback.
 void draw_uniform_beta(uint64_t key, double alpha, int64_t B, double* uniform, float* beta);

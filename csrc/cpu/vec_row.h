@@ -1,6 +1,6 @@
 // Vectorised row primitives over one row of logits z[0..K) of dtype T (float, BFloat16, Half),
 // computed in float. A row is read in blocks of 2 float vectors (one T vector for the 16-bit
-// types), the tail element by element.
+// types); the tail is one masked block, so small K (10, 17, ...) is vectorised too.
 #pragma once
 
 #include <ATen/cpu/vec/functional.h>
@@ -8,6 +8,7 @@
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -27,6 +28,14 @@ struct Block {
   static inline void store(T* p, const fVec& a, const fVec& b) {
     at::vec::convert_from_float<T>(a, b).store(p);
   }
+  static inline void load_partial(const T* p, int64_t count, fVec& a, fVec& b) {
+    auto both = at::vec::convert_to_float<T>(at::vec::Vectorized<T>::loadu(p, count));
+    a = std::get<0>(both);
+    b = std::get<1>(both);
+  }
+  static inline void store_partial(T* p, int64_t count, const fVec& a, const fVec& b) {
+    at::vec::convert_from_float<T>(a, b).store(p, count);
+  }
 };
 
 template <>
@@ -40,46 +49,66 @@ struct Block<float> {
     a.store(p);
     b.store(p + fVec::size());
   }
+  static inline void load_partial(const float* p, int64_t count, fVec& a, fVec& b) {
+    constexpr int64_t n = fVec::size();
+    a = fVec::loadu(p, std::min(count, n));
+    b = count > n ? fVec::loadu(p + n, count - n) : fVec(0.f);
+  }
+  static inline void store_partial(float* p, int64_t count, const fVec& a, const fVec& b) {
+    constexpr int64_t n = fVec::size();
+    a.store(p, std::min(count, n));
+    if (count > n) b.store(p + n, count - n);
+  }
 };
 
-// NaN-propagating max (as torch.max): the row max is NaN if any element is.
-inline float nan_max(float a, float b) { return (std::isnan(a) || a > b) ? a : b; }
+// Lanes [0, count) of a block of two float vectors: masks (all-ones where valid) for a and b.
+inline void tail_masks(int64_t count, fVec& ma, fVec& mb) {
+  const fVec iota = fVec::arange(0.f, 1.f), c(static_cast<float>(count));
+  ma = iota < c;
+  mb = (iota + fVec(static_cast<float>(fVec::size()))) < c;
+}
 
+// NaN-propagating (as torch.max): the row max is NaN if any element is.
 template <typename T>
 inline float row_max(const T* z, int64_t K) {
   int64_t k = 0;
-  float m = -std::numeric_limits<float>::infinity();
-  if (K >= Block<T>::kSize) {
-    fVec ma(m), mb(m), a, b;
-    for (; k + Block<T>::kSize <= K; k += Block<T>::kSize) {
-      Block<T>::load(z + k, a, b);
-      ma = at::vec::maximum(ma, a);
-      mb = at::vec::maximum(mb, b);
-    }
-    m = at::vec::vec_reduce_all<float>([](fVec& x, fVec& y) { return at::vec::maximum(x, y); },
-                                       at::vec::maximum(ma, mb));
+  const fVec ninf(-std::numeric_limits<float>::infinity());
+  fVec ma = ninf, mb = ninf, a, b;
+  for (; k + Block<T>::kSize <= K; k += Block<T>::kSize) {
+    Block<T>::load(z + k, a, b);
+    ma = at::vec::maximum(ma, a);
+    mb = at::vec::maximum(mb, b);
   }
-  for (; k < K; ++k) m = nan_max(m, static_cast<float>(z[k]));
-  return m;
+  if (k < K) {
+    fVec va, vb;
+    Block<T>::load_partial(z + k, K - k, a, b);
+    tail_masks(K - k, va, vb);
+    ma = at::vec::maximum(ma, fVec::blendv(ninf, a, va));
+    mb = at::vec::maximum(mb, fVec::blendv(ninf, b, vb));
+  }
+  return at::vec::vec_reduce_all<float>([](fVec& x, fVec& y) { return at::vec::maximum(x, y); },
+                                        at::vec::maximum(ma, mb));
 }
 
 // sum_k exp(z_k - shift) for a finite shift.
 template <typename T>
 inline float row_sum_exp(const T* z, int64_t K, float shift) {
   int64_t k = 0;
-  float s = 0.f;
-  if (K >= Block<T>::kSize) {
-    const fVec vs(shift);
-    fVec sa(0.f), sb(0.f), a, b;
-    for (; k + Block<T>::kSize <= K; k += Block<T>::kSize) {
-      Block<T>::load(z + k, a, b);
-      sa += (a - vs).exp();
-      sb += (b - vs).exp();
-    }
-    s = at::vec::vec_reduce_all<float>([](fVec& x, fVec& y) { return x + y; }, sa + sb);
+  const fVec vs(shift), zero(0.f);
+  fVec sa(0.f), sb(0.f), a, b;
+  for (; k + Block<T>::kSize <= K; k += Block<T>::kSize) {
+    Block<T>::load(z + k, a, b);
+    sa += (a - vs).exp();
+    sb += (b - vs).exp();
   }
-  for (; k < K; ++k) s += std::exp(static_cast<float>(z[k]) - shift);
-  return s;
+  if (k < K) {
+    fVec va, vb;
+    Block<T>::load_partial(z + k, K - k, a, b);
+    tail_masks(K - k, va, vb);
+    sa += fVec::blendv(zero, (a - vs).exp(), va);
+    if (K - k > fVec::size()) sb += fVec::blendv(zero, (b - vs).exp(), vb);
+  }
+  return at::vec::vec_reduce_all<float>([](fVec& x, fVec& y) { return x + y; }, sa + sb);
 }
 
 // logsumexp of a row with torch.logsumexp's conventions: an infinite max is not subtracted
@@ -108,7 +137,11 @@ inline void row_scaled_softmax(const T* z, T* out, int64_t K, float lse, float s
     Block<T>::load(z + k, a, b);
     Block<T>::store(out + k, (a - vl).exp() * vsc, (b - vl).exp() * vsc);
   }
-  for (; k < K; ++k) out[k] = static_cast<T>(std::exp(static_cast<float>(z[k]) - lse) * scale);
+  if (k < K) {
+    Block<T>::load_partial(z + k, K - k, a, b);
+    Block<T>::store_partial(out + k, K - k, (a - vl).exp() * vsc,
+                            K - k > fVec::size() ? (b - vl).exp() * vsc : fVec(0.f));
+  }
 }
 
 }  // namespace mentormix::cpu

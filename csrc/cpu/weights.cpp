@@ -15,19 +15,22 @@ namespace {
 
 using fVec = at::vec::Vectorized<float>;
 
-inline fVec vsigmoid(const fVec& x) { return fVec(1.f) / (fVec(1.f) + x.neg().exp()); }
+// Inline exp (exp_u20, ~20 ulp) keeps the 20-unit hidden layer cheap; MentorNet weights need
+// ~1e-6, not correct rounding.
+inline fVec vsigmoid(const fVec& x) { return fVec(1.f) / (fVec(1.f) + x.neg().exp_u20()); }
+inline fVec vtanh(const fVec& x) { return fVec(1.f) - fVec(2.f) / ((x + x).exp_u20() + fVec(1.f)); }
 
 // MentorNet on one vector of examples (see common/mentornet_layout.h for the math).
 inline fVec mentornet_vec(const float* mn, const float* base, fVec l, fVec ma) {
   const float* k = mn + kMnLstm;
   const fVec d = l - ma;
   const fVec c_fw = vsigmoid(l * fVec(k[0]) + d * fVec(k[1]) + fVec(k[2])) *
-                    (l * fVec(k[3]) + d * fVec(k[4]) + fVec(k[5])).tanh();
+                    vtanh(l * fVec(k[3]) + d * fVec(k[4]) + fVec(k[5]));
   const fVec c_bw = vsigmoid(l * fVec(k[6]) + d * fVec(k[7]) + fVec(k[8])) *
-                    (l * fVec(k[9]) + d * fVec(k[10]) + fVec(k[11])).tanh();
+                    vtanh(l * fVec(k[9]) + d * fVec(k[10]) + fVec(k[11]));
   fVec logit(0.f);
   for (int j = 0; j < kMnHidden; ++j) {
-    const fVec h = (fVec(base[j]) + c_fw * fVec(mn[kMnCfw + j]) + c_bw * fVec(mn[kMnCbw + j])).tanh();
+    const fVec h = vtanh(fVec(base[j]) + c_fw * fVec(mn[kMnCfw + j]) + c_bw * fVec(mn[kMnCbw + j]));
     logit = logit + h * fVec(mn[kMnOut + j]);
   }
   return vsigmoid(logit);

@@ -36,6 +36,9 @@ void per_sample_ce(const T* z, int64_t row_stride, int64_t B, int64_t K, const i
 
 // P = softmax(v) (fp32, as torch.softmax), cdf accumulated in double and stored in fp32 (as
 // torch.cumsum on CPU), partner_i = first j with cdf_j > u_i * cdf_{B-1}, clamped to B - 1.
+// The search starts from a guide table (guide[g] = first j with cdf_j > (g / B) * total), so a
+// lookup is O(1) expected instead of a branchy binary search; the start is verified, so the
+// result is the binary search's whatever the rounding.
 void sample_partners(const float* v, const double* uniform, int64_t B, int64_t* partner) {
   float vmax = -std::numeric_limits<float>::infinity();
   for (int64_t i = 0; i < B; ++i) vmax = std::max(vmax, v[i]);
@@ -52,9 +55,21 @@ void sample_partners(const float* v, const double* uniform, int64_t B, int64_t* 
     cdf[i] = static_cast<float>(acc);
   }
   const float total = cdf[B - 1];
+  std::vector<int64_t> guide(B);
+  for (int64_t g = 0, j = 0; g < B; ++g) {
+    const float threshold = static_cast<float>(static_cast<double>(g) / static_cast<double>(B)) * total;
+    while (j < B - 1 && cdf[j] <= threshold) ++j;
+    guide[g] = j;
+  }
   for (int64_t i = 0; i < B; ++i) {
     const float u = static_cast<float>(uniform[i]) * total;
-    const int64_t j = std::upper_bound(cdf.begin(), cdf.end(), u) - cdf.begin();
+    const int64_t g = std::min<int64_t>(B - 1, std::max<int64_t>(0, static_cast<int64_t>(uniform[i] * B)));
+    int64_t j = guide[g];
+    if (j > 0 && cdf[j - 1] > u) {  // rounding put the start past the answer: search below it
+      j = std::upper_bound(cdf.begin(), cdf.begin() + j, u) - cdf.begin();
+    } else {
+      while (j < B && cdf[j] <= u) ++j;
+    }
     partner[i] = std::min<int64_t>(j, B - 1);
   }
 }
