@@ -7,9 +7,10 @@
 * :func:`row_weights`: step-4 weights (threshold or the folded MentorNet) plus burn-in.
 
 The folded MentorNet parameters come in one fp32 vector (see ``mentormix_fast.triton_backend``):
-``P[0]`` burn-in flag (1.0 while ``e < burn_in_epoch - 1``), ``P[1:7]`` forward LSTM gate terms
-``(k[0,i], k[1,i], b[i], k[0,j], k[1,j], b[j])`` (row 0 multiplies l, row 1 l - ma), ``P[7:13]`` the same for the backward LSTM, then four
-[20] vectors: ``base = E_l[0] W1[0:2] + E_e[e] W1[2:7] + b1``, ``W1[7]``, ``W1[8]``, ``W2 + b2``.
+``P[0]`` burn-in flag (1.0 while ``e < burn_in_epoch - 1``); ``P[1:7]`` the forward LSTM's gate
+terms ``(k[0,i], k[1,i], b[i], k[0,j], k[1,j], b[j])`` (kernel row 0 multiplies l, row 1 l - ma);
+``P[7:13]`` the same for the backward LSTM; then four [20] vectors:
+``base = E_l[0] W1[0:2] + E_e[e] W1[2:7] + b1``, ``W1[7]``, ``W1[8]``, ``W2[:, 0] + b2``.
 """
 
 from __future__ import annotations
