@@ -84,8 +84,9 @@ def _sum_kernel(part_ptr, loss_ptr, g, n, BLOCK: tl.constexpr):
 
 @triton.jit
 def _grad_kernel(z_ptr, stride_z, lse_ptr, target_ptr, partner_ptr, lam_ptr, w_ptr, g_ptr, grad_ptr, stride_g,
-                 B, K, HAS_W: tl.constexpr, ROWS: tl.constexpr, BLOCK_K: tl.constexpr):
-    """One read of z, one write of dL/dz in z's dtype; fp32 arithmetic."""
+                 B, K, div, HAS_W: tl.constexpr, ROWS: tl.constexpr, BLOCK_K: tl.constexpr):
+    """``grad_i = g w_i / div (softmax(z_i) - y~_i)``: one read of z, one write in z's dtype; fp32
+    arithmetic. ``div`` = B for the loss; 1 for the per-row mixed CE (w = its upstream gradient)."""
     rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
     row_ok = rows < B
     rows64 = rows.to(tl.int64)
@@ -93,7 +94,7 @@ def _grad_kernel(z_ptr, stride_z, lse_ptr, target_ptr, partner_ptr, lam_ptr, w_p
     yb = tl.load(target_ptr + tl.load(partner_ptr + rows64, mask=row_ok, other=0), mask=row_ok, other=0)
     lam = tl.load(lam_ptr + rows64, mask=row_ok, other=1.0).to(tl.float32)
     lse = tl.load(lse_ptr + rows64, mask=row_ok, other=0.0)
-    scale = tl.load(g_ptr).to(tl.float32) / B
+    scale = tl.load(g_ptr).to(tl.float32) / div
     if HAS_W:
         scale = scale * tl.load(w_ptr + rows64, mask=row_ok, other=0.0)
     else:
@@ -115,16 +116,9 @@ def _grad_kernel(z_ptr, stride_z, lse_ptr, target_ptr, partner_ptr, lam_ptr, w_p
 def mixed_loss_forward(logits, target, partner, lam, loss_ma_mixed, params, *, rank: int, decay: float, mode: int,
                        second_reweight: bool):
     """Returns ``(loss [] f32, ma2' [] f32, lse [B] f32, w [B] f32 or [0])``; one read of logits."""
-    if logits.stride(1) != 1:
-        logits = logits.contiguous()
-    batch, num_classes = logits.shape
+    batch = logits.shape[0]
     device = logits.device
-    m = torch.empty(batch, dtype=torch.float32, device=device)
-    lse = torch.empty(batch, dtype=torch.float32, device=device)
-    rows, block_k, warps = row_tiling(num_classes)
-    ce_rows_kernel[(triton.cdiv(batch, rows),)](
-        logits, logits.stride(0), target, partner, lam, m, lse, batch, num_classes,
-        MIXED=True, ROWS=rows, BLOCK_K=block_k, num_warps=warps)
+    m, lse = mixed_ce(logits, target, partner, lam)
     w = torch.empty(batch if second_reweight else 0, dtype=torch.float32, device=device)
     ma_new = torch.empty((), dtype=torch.float32, device=device)
     loss = torch.empty((), dtype=torch.float32, device=device)
@@ -143,8 +137,24 @@ def mixed_loss_forward(logits, target, partner, lam, loss_ma_mixed, params, *, r
     return loss, ma_new, lse, w
 
 
-def mixed_loss_backward(grad_output, logits, target, partner, lam, lse, w):
-    """``dL/dz`` [B, K] in the logits' dtype; ``grad_output`` a 0-d tensor (read on the device)."""
+def mixed_ce(logits, target, partner, lam):
+    """Per-row mixed CE ``m`` [B] f32 and ``lse`` [B] f32 (one read of the logits)."""
+    if logits.stride(1) != 1:
+        logits = logits.contiguous()
+    batch, num_classes = logits.shape
+    m = torch.empty(batch, dtype=torch.float32, device=logits.device)
+    lse = torch.empty(batch, dtype=torch.float32, device=logits.device)
+    rows, block_k, warps = row_tiling(num_classes)
+    ce_rows_kernel[(triton.cdiv(batch, rows),)](
+        logits, logits.stride(0), target, partner, lam, m, lse, batch, num_classes,
+        MIXED=True, ROWS=rows, BLOCK_K=block_k, num_warps=warps)
+    return m, lse
+
+
+def mixed_loss_backward(grad_output, logits, target, partner, lam, lse, w, per_row: bool = False):
+    """``dL/dz`` [B, K] in the logits' dtype; ``grad_output`` a 0-d tensor (read on the device).
+
+    ``per_row``: the gradient of the per-row mixed CE instead, ``w`` [B] its upstream gradient."""
     if logits.stride(1) != 1:
         logits = logits.contiguous()
     batch, num_classes = logits.shape
@@ -153,5 +163,5 @@ def mixed_loss_backward(grad_output, logits, target, partner, lam, lse, w):
     has_w = w.numel() > 0
     _grad_kernel[(triton.cdiv(batch, rows),)](
         logits, logits.stride(0), lse, target, partner, lam, w if has_w else lse, grad_output.reshape(()).float(),
-        grad, grad.stride(0), batch, num_classes, HAS_W=has_w, ROWS=rows, BLOCK_K=block_k, num_warps=warps)
+        grad, grad.stride(0), batch, num_classes, 1.0 if per_row else float(batch), HAS_W=has_w, ROWS=rows, BLOCK_K=block_k, num_warps=warps)
     return grad

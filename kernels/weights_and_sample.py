@@ -30,16 +30,17 @@ from ._shared import ce_rows_kernel, radix_select, radix_selected, reduce_block,
 
 
 @triton.jit
-def _plan_kernel(loss_ptr, ma_ptr, params_ptr, beta_ptr, hist_ptr, v_ptr, lam_ptr, cdf_ptr, bsum_ptr, ma_out_ptr,
-                 n, k, decay, span, MODE: tl.constexpr, MIX: tl.constexpr, PRESELECTED: tl.constexpr,
-                 BLOCK: tl.constexpr):
+def _plan_kernel(loss_ptr, pool_ptr, ma_ptr, params_ptr, beta_ptr, hist_ptr, v_ptr, lam_ptr, cdf_ptr, bsum_ptr,
+                 ma_out_ptr, n, n_pool, k, decay, span, MODE: tl.constexpr, MIX: tl.constexpr,
+                 PRESELECTED: tl.constexpr, BLOCK: tl.constexpr):
     """Program p handles examples [p * span, (p + 1) * span); its CDF is local to that span and
-    its total goes to ``bsum[p]``."""
+    its total goes to ``bsum[p]``. The percentile is of ``pool`` [n_pool] (the losses themselves,
+    or e.g. the all-gathered losses of a distributed batch)."""
     pid = tl.program_id(0)
     if PRESELECTED:
         q = radix_selected(hist_ptr, k)
     else:
-        q = radix_select(loss_ptr, n, k, BLOCK)
+        q = radix_select(pool_ptr, n_pool, k, BLOCK)
     ma = tl.load(ma_ptr)
     ma_new = tl.where(tl.abs(q) < float("inf"), decay * ma + (1.0 - decay) * q, ma)
     if pid == 0:
@@ -110,6 +111,38 @@ def per_sample_ce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return loss
 
 
+def plan(values, pool, loss_ma, params, uniform, beta, *, rank: int, decay: float, mode: int, mix: bool):
+    """Steps 3-6 on per-example losses ``values`` [B] f32, the percentile (ascending ``rank``) taken
+    over ``pool`` [N] f32 (``pool is values`` normally). Returns ``(v, partner, lam, ma')``."""
+    batch = values.shape[0]
+    device = values.device
+    f32 = dict(dtype=torch.float32, device=device)
+    v = torch.empty(batch, **f32)
+    ma_new = torch.empty((), **f32)
+    lam = torch.empty(batch, **f32) if mix else torch.ones(batch, **f32)
+    cdf = torch.empty(batch if mix else 0, **f32)
+    if batch <= _shared.SMALL_B_MAX:
+        span, grid, block = batch, 1, reduce_block()
+    else:
+        span = block = _shared.LARGE_BLOCK
+        grid = triton.cdiv(batch, span)
+    preselected = grid > 1 or pool.numel() > _shared.SMALL_B_MAX
+    hist = _shared.radix_histograms(pool, rank) if preselected else values
+    bsum = torch.empty(grid if mix else 0, **f32)
+    _plan_kernel[(grid,)](values, pool, loss_ma, params, beta if mix else v, hist, v, lam, cdf if mix else v,
+                          bsum if mix else v, ma_new, batch, pool.numel(), rank, decay, span,
+                          MODE=mode, MIX=mix, PRESELECTED=preselected, BLOCK=block, num_warps=8)
+    if not mix:
+        return v, torch.arange(batch, device=device), lam, ma_new
+    if grid > 1:
+        _block_scan_kernel[(1,)](bsum, grid, BLOCK=1024)
+    partner = torch.empty(batch, dtype=torch.int64, device=device)
+    search_block = 1024
+    _partner_kernel[(triton.cdiv(batch, search_block),)](cdf, bsum, uniform, partner, batch, grid, span,
+                                                         batch.bit_length(), BLOCK=search_block)
+    return v, partner, lam, ma_new
+
+
 def weights_and_sample(logits, target, loss_ma, params, uniform, beta, *, rank: int, decay: float, mode: int,
                        mix: bool):
     """Steps 2-6. Returns ``(loss [B] f32, v [B] f32, partner [B] i64, lam [B] f32, ma' [] f32)``.
@@ -118,30 +151,5 @@ def weights_and_sample(logits, target, loss_ma, params, uniform, beta, *, rank: 
     ``params``: the folded weighting parameters (see ``_shared``); ``mode``: 0 threshold, 1
     MentorNet; ``mix``: False when alpha <= 0 (then ``partner = arange(B)``, ``lam = 1``).
     """
-    batch = logits.shape[0]
-    device = logits.device
     loss = per_sample_ce(logits, target)
-    f32 = dict(dtype=torch.float32, device=device)
-    v = torch.empty(batch, **f32)
-    ma_new = torch.empty((), **f32)
-    lam = torch.empty(batch, **f32) if mix else torch.ones(batch, **f32)
-    cdf = torch.empty(batch if mix else 0, **f32)
-    if batch <= _shared.SMALL_B_MAX:
-        span, grid, hist, block = batch, 1, loss, reduce_block()
-    else:
-        span = block = _shared.LARGE_BLOCK
-        grid = triton.cdiv(batch, span)
-        hist = _shared.radix_histograms(loss, rank)
-    bsum = torch.empty(grid if mix else 0, **f32)
-    _plan_kernel[(grid,)](loss, loss_ma, params, beta if mix else v, hist, v, lam, cdf if mix else v,
-                          bsum if mix else v, ma_new, batch, rank, decay, span,
-                          MODE=mode, MIX=mix, PRESELECTED=grid > 1, BLOCK=block, num_warps=8)
-    if not mix:
-        return loss, v, torch.arange(batch, device=device), lam, ma_new
-    if grid > 1:
-        _block_scan_kernel[(1,)](bsum, grid, BLOCK=1024)
-    partner = torch.empty(batch, dtype=torch.int64, device=device)
-    search_block = 1024
-    _partner_kernel[(triton.cdiv(batch, search_block),)](cdf, bsum, uniform, partner, batch, grid, span,
-                                                         batch.bit_length(), BLOCK=search_block)
-    return loss, v, partner, lam, ma_new
+    return (loss,) + plan(loss, loss, loss_ma, params, uniform, beta, rank=rank, decay=decay, mode=mode, mix=mix)

@@ -8,7 +8,10 @@ Ops (namespace ``mentormix_fast``), each with a fake (meta) implementation so th
 * ``triton_mix(x, partner, lam) -> x~``: step 7 (differentiable in x);
 * ``triton_mixed_loss(logits, target, partner, lam, loss_ma_mixed, params, percentile, decay, mode,
   second_reweight) -> (loss, loss_ma_mixed', lse, v2)``: steps 8-9, differentiable in logits through
-  ``triton_mixed_loss_backward``.
+  ``triton_mixed_loss_backward``;
+* for ``percentile_gather`` (the percentile over e.g. the all-gathered batch), the same steps split
+  where the user's gather runs: ``triton_ce``, ``triton_plan(values, pool, ...)`` and
+  ``triton_mixed_ce`` (differentiable; same one-read forward, one-read-one-write backward).
 
 Randomness: the backend draws ``u ~ U[0, 1)`` (fp64) and ``b ~ Beta(alpha, alpha)`` with torch from
 the MentorMix generator, in the same order as the reference backend, so both backends see the same
@@ -146,13 +149,13 @@ def _register_ops() -> None:
 
     @torch.library.custom_op(f"{lib}::triton_mixed_loss_backward", mutates_args=())
     def mixed_loss_backward_op(grad_output: torch.Tensor, logits: torch.Tensor, target: torch.Tensor,
-                               partner: torch.Tensor, lam: torch.Tensor, lse: torch.Tensor, weights: torch.Tensor
-                               ) -> torch.Tensor:
+                               partner: torch.Tensor, lam: torch.Tensor, lse: torch.Tensor, weights: torch.Tensor,
+                               per_row: bool = False) -> torch.Tensor:
         return _loss_k.mixed_loss_backward(grad_output, logits, target.contiguous(), partner.contiguous(),
-                                           lam.contiguous(), lse, weights)
+                                           lam.contiguous(), lse, weights.contiguous(), per_row=per_row)
 
     @mixed_loss_backward_op.register_fake
-    def _(grad_output, logits, target, partner, lam, lse, weights):
+    def _(grad_output, logits, target, partner, lam, lse, weights, per_row=False):
         return torch.empty_like(logits, memory_format=torch.contiguous_format)
 
     def loss_setup(ctx, inputs, output):
@@ -171,6 +174,54 @@ def _register_ops() -> None:
 
     mixed_loss_op.register_autograd(loss_backward, setup_context=loss_setup)
 
+    # Split ops for a percentile over other values than the local batch (percentile_gather).
+    @torch.library.custom_op(f"{lib}::triton_ce", mutates_args=())
+    def ce_op(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return _ws_k.per_sample_ce(logits, target.contiguous())
+
+    @ce_op.register_fake
+    def _(logits, target):
+        return logits.new_empty(logits.shape[0], dtype=torch.float32)
+
+    @torch.library.custom_op(f"{lib}::triton_plan", mutates_args=())
+    def plan_op(values: torch.Tensor, pool: torch.Tensor, loss_ma: torch.Tensor, params: torch.Tensor,
+                uniform: torch.Tensor, beta: torch.Tensor, percentile: float, decay: float, mode: int, mix: bool
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        rank = reference.percentile_rank(pool.shape[0], percentile)
+        return _ws_k.plan(values.contiguous(), pool.contiguous(), loss_ma.contiguous(), params, uniform.contiguous(),
+                          beta.contiguous(), rank=rank, decay=decay, mode=mode, mix=mix)
+
+    @plan_op.register_fake
+    def _(values, pool, loss_ma, params, uniform, beta, percentile, decay, mode, mix):
+        b = values.shape[0]
+        return (values.new_empty(b), values.new_empty(b, dtype=torch.int64), values.new_empty(b),
+                values.new_empty(()))
+
+    @torch.library.custom_op(f"{lib}::triton_mixed_ce", mutates_args=())
+    def mixed_ce_op(logits: torch.Tensor, target: torch.Tensor, partner: torch.Tensor, lam: torch.Tensor
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return _loss_k.mixed_ce(logits, target.contiguous(), partner.contiguous(), lam.contiguous())
+
+    @mixed_ce_op.register_fake
+    def _(logits, target, partner, lam):
+        b = logits.shape[0]
+        return logits.new_empty(b, dtype=torch.float32), logits.new_empty(b, dtype=torch.float32)
+
+    def mixed_ce_setup(ctx, inputs, output):
+        ctx.save_for_backward(*inputs, output[1])
+        ctx.mark_non_differentiable(output[1])
+
+    def mixed_ce_backward(ctx, grad_m, grad_lse):
+        logits, target, partner, lam, lse = ctx.saved_tensors
+        grad = None
+        if ctx.needs_input_grad[0]:
+            one = torch.ones((), dtype=torch.float32, device=logits.device)
+            grad = torch.ops.mentormix_fast.triton_mixed_loss_backward(one, logits, target, partner, lam, lse,
+                                                                       grad_m.float(), True)
+        return grad, None, None, None
+
+    mixed_ce_op.register_autograd(mixed_ce_backward, setup_context=mixed_ce_setup)
+
 
 # ----------------------------------------------------------------------------------------------
 # The backend object
@@ -181,6 +232,7 @@ class TritonBackend:
     """Fused Triton kernels; CUDA tensors (and CPU tensors under ``TRITON_INTERPRET=1``)."""
 
     name = "triton"
+    supports_percentile_gather = True
 
     def __init__(self):
         self._reference = ReferenceBackend()
@@ -193,10 +245,10 @@ class TritonBackend:
         return torch.device(device).type == "cuda"
 
     def weights_and_sample(self, logits, target, loss_ma, epoch, config: MentorMixConfig, weighting, generator,
-                           uniform=None, beta=None):
+                           uniform=None, beta=None, percentile_gather=None):
         if logits.dtype not in _KERNEL_DTYPES:
             return self._reference.weights_and_sample(logits, target, loss_ma, epoch, config, weighting, generator,
-                                                      uniform, beta)
+                                                      uniform, beta, percentile_gather=percentile_gather)
         batch, device = logits.shape[0], logits.device
         mix = config.mixup_alpha > 0
         if mix:
@@ -207,6 +259,14 @@ class TritonBackend:
         else:
             uniform = beta = torch.empty(0, dtype=torch.float32, device=device)
         params, mode = fold_weighting(weighting, epoch, config.burn_in_epoch, device)
+        if percentile_gather is not None:
+            # The percentile of other values than the local losses (e.g. all-gathered): split the step.
+            loss = torch.ops.mentormix_fast.triton_ce(logits, target.to(torch.int64))
+            pool = percentile_gather(loss).to(torch.float32)
+            v, partner, lam, new_ma = torch.ops.mentormix_fast.triton_plan(
+                loss, pool, loss_ma.to(torch.float32), params, uniform, beta, config.percentile,
+                config.loss_ma_decay, mode, mix)
+            return reference.WeightsAndSample(loss, v, partner, lam, new_ma)
         out = torch.ops.mentormix_fast.triton_weights_and_sample(
             logits, target.to(torch.int64), loss_ma.to(torch.float32), params, uniform, beta,
             config.percentile, config.loss_ma_decay, mode, mix)
@@ -217,10 +277,21 @@ class TritonBackend:
             return self._reference.mix(x, partner, lam)
         return torch.ops.mentormix_fast.triton_mix(x, partner.to(torch.int64), lam)
 
-    def mixed_loss(self, logits, target, partner, lam, loss_ma_mixed, epoch, config: MentorMixConfig, weighting):
+    def mixed_loss(self, logits, target, partner, lam, loss_ma_mixed, epoch, config: MentorMixConfig, weighting,
+                   percentile_gather=None):
         if logits.dtype not in _KERNEL_DTYPES:
-            return self._reference.mixed_loss(logits, target, partner, lam, loss_ma_mixed, epoch, config, weighting)
+            return self._reference.mixed_loss(logits, target, partner, lam, loss_ma_mixed, epoch, config, weighting,
+                                              percentile_gather=percentile_gather)
         params, mode = fold_weighting(weighting, epoch, config.burn_in_epoch, logits.device)
+        if percentile_gather is not None and config.second_reweight:
+            m, _ = torch.ops.mentormix_fast.triton_mixed_ce(logits, target.to(torch.int64), partner.to(torch.int64),
+                                                             lam.to(torch.float32))
+            md = m.detach()
+            empty = md.new_empty(0)
+            v2, _, _, new_ma = torch.ops.mentormix_fast.triton_plan(
+                md, percentile_gather(md).to(torch.float32), loss_ma_mixed.to(torch.float32), params, empty, empty,
+                config.percentile, config.loss_ma_decay, mode, False)
+            return (v2 * m).sum() / m.shape[0], new_ma
         loss, new_ma, _, _ = torch.ops.mentormix_fast.triton_mixed_loss(
             logits, target.to(torch.int64), partner.to(torch.int64), lam.to(torch.float32),
             loss_ma_mixed.to(torch.float32), params, config.percentile, config.loss_ma_decay, mode,

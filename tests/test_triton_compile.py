@@ -92,3 +92,15 @@ def test_compiled_step_fullgraph_matches_eager():
     ref_plan = ref.weights_and_sample(z1, y, ma, epoch, percentile=0.7, decay=0.5, weighting=weighting,
                                       burn_in_epoch=10, alpha=8.0, uniform=u, beta=beta)
     torch.testing.assert_close(comp[1], ref_plan.loss_ma)
+
+
+def test_opcheck_split_ops():
+    z, y, u, beta, params, mode = _inputs()
+    z.requires_grad_(True)
+    loss = OPS.triton_ce(z.detach(), y)
+    torch.library.opcheck(OPS.triton_ce.default, (z.detach(), y))
+    pool = torch.cat([loss, loss + 1])
+    torch.library.opcheck(OPS.triton_plan.default, (loss, pool, torch.tensor(0.2, device=DEVICE), params, u, beta,
+                                                    0.7, 0.5, mode, True))
+    partner = torch.randperm(16, generator=torch.Generator().manual_seed(0)).to(DEVICE)
+    torch.library.opcheck(OPS.triton_mixed_ce.default, (z, y, partner, torch.rand(16, device=DEVICE)))

@@ -380,7 +380,7 @@ def many_programs(monkeypatch):
     from mentormix_fast.kernels import _shared
 
     monkeypatch.setattr(_shared, "SMALL_B_MAX", 16)
-    monkeypatch.setattr(_shared, "LARGE_BLOCK", 64)
+    monkeypatch.setattr(_shared, "LARGE_BLOCK", 256)  # >= the 256 histogram bins (GPU lowering)
 
 
 @pytest.mark.parametrize("b", [17, 200, 1000])
@@ -421,3 +421,51 @@ def test_mixed_loss_many_programs(many_programs, second_reweight):
 
 def test_partner_frequencies_many_programs(many_programs):
     test_partner_frequencies_follow_softmax_of_weights()
+
+
+# ------------------------------------------------------------------------------------------------
+# percentile_gather: the percentile over other values (e.g. an all-gathered distributed batch)
+# ------------------------------------------------------------------------------------------------
+
+
+def _fake_gather(values):
+    """Stands in for an all-gather over 3 ranks: the local values and two shifted copies."""
+    return torch.cat([values, values * 0.5 + 1.0, values.flip(0) * 2.0])
+
+
+@pytest.mark.parametrize("weighting", ["threshold", "mentornet"])
+def test_percentile_gather_matches_reference(weighting):
+    w = "threshold" if weighting == "threshold" else mf.mentornet_pd()
+    tri, rb = backends_on(DEVICE)
+    z, y, u, beta = batch(50, 7, torch.float32, DEVICE)
+    ma = torch.tensor(0.4, device=DEVICE)
+    got = tri.weights_and_sample(z, y, ma, 60, cfg(), w, None, u, beta, percentile_gather=_fake_gather)
+    want = rb.weights_and_sample(z, y, ma, 60, cfg(), w, None, u, beta, percentile_gather=_fake_gather)
+    q = ref.percentile_nearest(_fake_gather(got.loss), 0.7)
+    assert got.loss_ma.item() == ref.update_moving_average(ma, q, 0.5).item()
+    torch.testing.assert_close(got.loss_ma, want.loss_ma, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(got.weights, ref.sample_weights(w, got.loss, got.loss_ma, 60, 10), rtol=0, atol=3e-6)
+    check_partners(got.partner, got.weights, u, ref.sample_partners(got.weights, u))
+    zt = z.clone().requires_grad_(True)
+    zr = z.clone().requires_grad_(True)
+    lt, mt = tri.mixed_loss(zt, y, want.partner, want.lam, ma, 60, cfg(), w, percentile_gather=_fake_gather)
+    lr, mr = rb.mixed_loss(zr, y, want.partner, want.lam, ma, 60, cfg(), w, percentile_gather=_fake_gather)
+    torch.testing.assert_close(lt, lr, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(mt, mr, rtol=1e-5, atol=1e-6)
+    (lt * 1.7).backward()
+    (lr * 1.7).backward()
+    torch.testing.assert_close(zt.grad, zr.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_module_percentile_gather_with_triton():
+    mm = mf.MentorMix(total_steps=10, backend="triton", percentile_gather=_fake_gather,
+                      generator=torch.Generator(device=DEVICE).manual_seed(0))
+    net = torch.nn.Linear(4, 3).to(DEVICE)
+    x, y = torch.randn(20, 4, device=DEVICE), torch.randint(0, 3, (20,), device=DEVICE)
+    loss = mm(net, x, y, step=5)
+    loss.backward()
+    assert torch.isfinite(loss) and net.weight.grad is not None
+
+
+def test_percentile_gather_many_programs(many_programs):
+    test_percentile_gather_matches_reference("mentornet")
