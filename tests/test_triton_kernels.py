@@ -469,3 +469,27 @@ def test_module_percentile_gather_with_triton():
 
 def test_percentile_gather_many_programs(many_programs):
     test_percentile_gather_matches_reference("mentornet")
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_loss_function_triton_path_matches_plain(monkeypatch, weighted, dtype):
+    """MentorMixLossFunction dispatches to the Triton ops on CUDA; forced here on this device."""
+    from mentormix_fast import autograd
+
+    z, y, _, _ = batch(33, 11, dtype, DEVICE)
+    partner = torch.randperm(33, generator=torch.Generator().manual_seed(1)).to(DEVICE)
+    lam = torch.rand(33, generator=torch.Generator().manual_seed(2)).to(DEVICE)
+    w = torch.rand(33, device=DEVICE) if weighted else None
+    results = []
+    for use_triton in (True, False):
+        monkeypatch.setattr(autograd, "_triton_ops", lambda logits, t=use_triton: torch.ops.mentormix_fast if t
+                            else None)
+        zz = z.clone().requires_grad_(True)
+        loss = mf.MentorMixLossFunction.apply(zz, y, partner, lam, w)
+        (loss * 0.6).backward()
+        results.append((loss.detach(), zz.grad))
+    (lt, gt), (lr, gr) = results
+    torch.testing.assert_close(lt, lr, rtol=1e-5, atol=1e-6)
+    assert gt.dtype == dtype
+    torch.testing.assert_close(gt.float(), gr.float(), **GRAD_TOL[dtype])
