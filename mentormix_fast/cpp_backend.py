@@ -53,12 +53,20 @@ def fold_mentornet(net: MentorNet, device: torch.device) -> torch.Tensor:
 
     Built once per (parameters' storage, version counters, device) and cached: no per-step work.
     """
+    if torch.compiler.is_compiling():  # traced into the graph instead (version counters are not traceable)
+        return _fold(net, device)
     params = [net.label_embedding, net.epoch_embedding, net.lstm_fw_kernel, net.lstm_fw_bias, net.lstm_bw_kernel,
               net.lstm_bw_bias, net.fc1_weight, net.fc1_bias, net.fc2_weight, net.fc2_bias]
     key = (str(device),) + tuple((p.data_ptr(), p._version) for p in params)
     cached = _FOLD_CACHE.get(id(net))
     if cached is not None and cached[0] == key:
         return cached[1]
+    folded = _fold(net, device)
+    _FOLD_CACHE[id(net)] = (key, folded)
+    return folded
+
+
+def _fold(net: MentorNet, device: torch.device) -> torch.Tensor:
     with torch.no_grad():
         w1 = net.fc1_weight.float()
         base = net.label_embedding[0].float() @ w1[0:2] + net.epoch_embedding.float() @ w1[2:7] + net.fc1_bias.float()
@@ -69,7 +77,6 @@ def fold_mentornet(net: MentorNet, device: torch.device) -> torch.Tensor:
 
         folded = torch.cat([base.reshape(-1), w1[7], w1[8], w2, gates(net.lstm_fw_kernel, net.lstm_fw_bias),
                             gates(net.lstm_bw_kernel, net.lstm_bw_bias)]).to(device).contiguous()
-    _FOLD_CACHE[id(net)] = (key, folded)
     return folded
 
 
@@ -186,6 +193,40 @@ class CppBackend:
         return loss, new_ma.to(loss_ma_mixed.dtype)
 
 
+def _register_fakes() -> None:
+    """Shapes of the ops' outputs, so torch.compile can trace a step that calls them."""
+    lib = "mentormix_cpp::"
+
+    @torch.library.register_fake(lib + "weights_and_sample")
+    def _(logits, target, loss_ma, epoch, mentornet, uniform, beta, generator, alpha, rank, decay, burn_in_epoch):
+        b = logits.shape[0]
+        f32 = dict(dtype=torch.float32, device=logits.device)
+        return (logits.new_empty(b, **f32), logits.new_empty(b, **f32),
+                logits.new_empty(b, dtype=torch.int64, device=logits.device), logits.new_empty(b, **f32),
+                logits.new_empty((), **f32))
+
+    @torch.library.register_fake(lib + "mix")
+    def _(x, partner, lam):
+        return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+    @torch.library.register_fake(lib + "mixed_loss_forward")
+    def _(logits, target, partner, lam, loss_ma_mixed, epoch, mentornet, rank, decay, burn_in_epoch,
+          second_reweight, grad_in_forward):
+        b = logits.shape[0]
+        f32 = dict(dtype=torch.float32, device=logits.device)
+        return (logits.new_empty((), **f32), logits.new_empty((), **f32), logits.new_empty(b, **f32),
+                logits.new_empty(b if second_reweight else 0, **f32),
+                logits.new_empty(logits.shape if grad_in_forward else (0,)))
+
+    @torch.library.register_fake(lib + "mixed_loss_backward")
+    def _(grad_output, logits, target, partner, lam, lse, weights):
+        return logits.new_empty(logits.shape)
+
+    @torch.library.register_fake(lib + "scale_grad_")
+    def _(grad, grad_output):
+        return None
+
+
 def _register() -> None:
     info = _build_info()
     try:
@@ -196,6 +237,7 @@ def _register() -> None:
         mark_unavailable("cpu", reason)
         mark_unavailable("cuda", reason)
         return
+    _register_fakes()
     isa = torch.ops.mentormix_cpp.cpu_isa()
     running = torch.backends.cpu.get_cpu_capability().lower()
     usable = {"avx512": ("avx512",), "avx2": ("avx2", "avx512")}.get(isa)

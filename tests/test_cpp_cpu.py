@@ -307,3 +307,31 @@ def test_backend_is_reported():
 @needs_cpp
 def test_auto_picks_cpp_for_cpu_tensors():
     assert get_backend("auto", CPU).name in ("cpu",)
+
+
+@needs_cpp
+def test_module_step_compiles_fullgraph_and_matches_eager():
+    """The ops have fake implementations: torch.compile(fullgraph=True) traces a step on them."""
+    z = torch.randn(32, 10, generator=torch.Generator().manual_seed(0))
+    zm = torch.randn(32, 10, generator=torch.Generator().manual_seed(1))
+    y = torch.randint(0, 10, (32,), generator=torch.Generator().manual_seed(2))
+
+    def step(mm, z, zm, y, t):
+        plan = mm.plan(z, y, t)
+        return mm.mixed_loss(zm, y, plan, t), plan.partner
+
+    def make():  # generator=None: the kernel keys its draws from torch's global generator
+        return mf.MentorMix(total_steps=100, backend="cpu", burn_in_epoch=0, generator=None)
+
+    eager_mm, compiled_mm = make(), make()
+    a, b = zm.clone().requires_grad_(), zm.clone().requires_grad_()
+    torch.manual_seed(0)
+    la, pa = step(eager_mm, z, a, y, torch.tensor(50))
+    torch.manual_seed(0)
+    lb, pb = torch.compile(step, fullgraph=True)(compiled_mm, z, b, y, torch.tensor(50))
+    la.backward()
+    lb.backward()
+    assert torch.equal(pa, pb)
+    torch.testing.assert_close(la, lb)
+    torch.testing.assert_close(a.grad, b.grad)
+    torch.testing.assert_close(eager_mm.loss_ma_mixed, compiled_mm.loss_ma_mixed)
