@@ -34,13 +34,17 @@ def interpreting() -> bool:
 def row_tiling(num_classes: int) -> tuple[int, int, int]:
     """(ROWS, BLOCK_K, num_warps) for a row-wise pass over [B, K].
 
-    Small K packs many rows in one program (K = 10 -> 16 columns x 256 rows); large K loops over
-    column blocks of one row. The interpreter prefers fewer, larger programs.
+    Small K packs many rows in one program (K = 10 -> 64 rows x 16 columns); large K loops over
+    column blocks of one row (up to 4096 wide). On the GPU a multi-row tile stays at 1024 elements
+    over 8 warps: ptxas (sm_90) then keeps the mixed-CE and gradient kernels at <= 80 registers with
+    no spills, where 4096-element multi-row tiles hit 255 registers and spill (measured with
+    ``python -m mentormix_fast.kernels.aot_check``). The interpreter prefers fewer, larger programs.
     """
-    tile = 16384 if interpreting() else 4096
     block_k = min(triton.next_power_of_2(num_classes), 4096)
-    rows = max(1, min(tile // block_k, 256))
-    num_warps = 8 if block_k >= 2048 else 4
+    if interpreting():
+        return max(1, min(16384 // block_k, 256)), block_k, 4
+    rows = max(1, 1024 // block_k)
+    num_warps = 4 if rows == 1 and block_k <= 1024 else 8
     return rows, block_k, num_warps
 
 
@@ -168,7 +172,8 @@ def radix_select(x_ptr, n, k, BLOCK: tl.constexpr):
     prefix = tl.zeros([1], tl.uint32)
     rank = tl.full([1], 0, tl.int32) + k
     for p in tl.static_range(4):
-        shift: tl.constexpr = 24 - 8 * p
+        # Digit p covers bits [24 - 8p, 32 - 8p) (the shift is written inline: a constexpr name
+        # cannot be re-bound across the unrolled iterations).
         hist = tl.zeros([256], tl.int32)
         for start in range(0, n, BLOCK):
             offs = start + tl.arange(0, BLOCK)
@@ -177,8 +182,8 @@ def radix_select(x_ptr, n, k, BLOCK: tl.constexpr):
             if p == 0:
                 match = inb
             else:
-                match = inb & ((key >> (shift + 8)) == prefix)
-            digit = ((key >> shift) & 255).to(tl.int32)
+                match = inb & ((key >> (32 - 8 * p)) == prefix)
+            digit = ((key >> (24 - 8 * p)) & 255).to(tl.int32)
             hist += tl.histogram(digit, 256, mask=match)
         prefix, rank = _pick_digit(hist, prefix, rank)
     return tl.sum(_key_to_float(prefix), 0)

@@ -163,5 +163,6 @@ def mixed_loss_backward(grad_output, logits, target, partner, lam, lse, w, per_r
     has_w = w.numel() > 0
     _grad_kernel[(triton.cdiv(batch, rows),)](
         logits, logits.stride(0), lse, target, partner, lam, w if has_w else lse, grad_output.reshape(()).float(),
-        grad, grad.stride(0), batch, num_classes, 1.0 if per_row else float(batch), HAS_W=has_w, ROWS=rows, BLOCK_K=block_k, num_warps=warps)
+        grad, grad.stride(0), batch, num_classes, 1.0 if per_row else float(batch),
+        HAS_W=has_w, ROWS=rows, BLOCK_K=block_k, num_warps=warps)
     return grad

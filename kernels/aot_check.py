@@ -1,0 +1,88 @@
+"""Compile every kernel variant for a GPU target without a GPU (``python -m mentormix_fast.kernels.aot_check``).
+
+The CPU interpreter accepts programs the GPU compiler rejects (types, layouts, histogram lowering),
+so CI without a GPU compiles each kernel to a cubin for sm_90 (H100) here. Must run WITHOUT
+``TRITON_INTERPRET=1`` (the kernels must be JIT functions). Prints one line per variant; exits 1
+on the first failure.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import sys
+import time
+
+
+def variants():
+    """(name, kernel, signature, constexprs, num_warps) for every launch configuration we use."""
+    from . import _shared, mix, mixed_loss, weights_and_sample as ws
+
+    f32, i64, i32 = "*fp32", "*i64", "i32"
+    out = []
+    tilings = [(64, 16, 8), (8, 128, 8), (1, 1024, 4), (1, 4096, 8)]  # row_tiling() for K = 10, 100, 1000, 32000
+    for dt, mixed, (rows, bk, nw) in itertools.product(["fp32", "bf16", "fp16"], [False, True], tilings):
+        sig = dict(z_ptr=f"*{dt}", stride_z=i32, target_ptr=i64, partner_ptr=i64, lam_ptr=f32, loss_ptr=f32,
+                   lse_ptr=f32, B=i32, K=i32, MIXED="constexpr", ROWS="constexpr", BLOCK_K="constexpr")
+        out.append((f"ce_rows {dt} mixed={mixed} {rows}x{bk}", _shared.ce_rows_kernel, sig,
+                    dict(MIXED=mixed, ROWS=rows, BLOCK_K=bk), nw))
+    for p in range(4):
+        sig = dict(x_ptr=f32, n=i32, k=i32, hist_ptr="*i32", PASS="constexpr", BLOCK="constexpr")
+        out.append((f"radix_hist pass {p}", _shared.radix_hist_kernel, sig, dict(PASS=p, BLOCK=1024), 4))
+    for mode, mixf, pre, block in itertools.product([0, 1], [False, True], [False, True], [2048, 1024]):
+        sig = dict(loss_ptr=f32, pool_ptr=f32, ma_ptr=f32, params_ptr=f32, beta_ptr=f32, hist_ptr="*i32", v_ptr=f32,
+                   lam_ptr=f32, cdf_ptr=f32, bsum_ptr=f32, ma_out_ptr=f32, n=i32, n_pool=i32, k=i32, decay="fp32",
+                   span=i32, MODE="constexpr", MIX="constexpr", PRESELECTED="constexpr", BLOCK="constexpr")
+        out.append((f"plan mode={mode} mix={mixf} pre={pre} block={block}", ws._plan_kernel, sig,
+                    dict(MODE=mode, MIX=mixf, PRESELECTED=pre, BLOCK=block), 8))
+    out.append(("block_scan", ws._block_scan_kernel, dict(bsum_ptr=f32, g=i32, BLOCK="constexpr"),
+                dict(BLOCK=1024), 4))
+    out.append(("partner", ws._partner_kernel,
+                dict(cdf_ptr=f32, bincl_ptr=f32, uniform_ptr="*fp64", partner_ptr=i64, n=i32, g=i32, span=i32,
+                     n_iter=i32, BLOCK="constexpr"), dict(BLOCK=1024), 4))
+    for dt in ["fp32", "bf16", "fp16"]:
+        out.append((f"mix {dt}", mix._mix_kernel,
+                    dict(x_ptr=f"*{dt}", partner_ptr=i64, lam_ptr=f32, out_ptr=f"*{dt}", total="i64", D=i32,
+                         BLOCK="constexpr"), dict(BLOCK=1024), 4))
+    for mode, rew, pre, single in itertools.product([0, 1], [False, True], [False, True], [False, True]):
+        sig = dict(m_ptr=f32, ma_ptr=f32, params_ptr=f32, hist_ptr="*i32", w_ptr=f32, ma_out_ptr=f32, part_ptr=f32,
+                   loss_ptr=f32, n=i32, k=i32, decay="fp32", span=i32, MODE="constexpr", REWEIGHT="constexpr",
+                   PRESELECTED="constexpr", SINGLE="constexpr", BLOCK="constexpr")
+        out.append((f"reduce mode={mode} reweight={rew} pre={pre} single={single}", mixed_loss._reduce_kernel, sig,
+                    dict(MODE=mode, REWEIGHT=rew, PRESELECTED=pre, SINGLE=single, BLOCK=2048), 8))
+    out.append(("sum", mixed_loss._sum_kernel, dict(part_ptr=f32, loss_ptr=f32, g=i32, n=i32, BLOCK="constexpr"),
+                dict(BLOCK=1024), 4))
+    for dt, has_w, (rows, bk, nw) in itertools.product(["fp32", "bf16", "fp16"], [False, True], tilings):
+        sig = dict(z_ptr=f"*{dt}", stride_z=i32, lse_ptr=f32, target_ptr=i64, partner_ptr=i64, lam_ptr=f32,
+                   w_ptr=f32, g_ptr=f32, grad_ptr=f"*{dt}", stride_g=i32, B=i32, K=i32, div="fp32",
+                   HAS_W="constexpr", ROWS="constexpr", BLOCK_K="constexpr")
+        out.append((f"grad {dt} has_w={has_w} {rows}x{bk}", mixed_loss._grad_kernel, sig,
+                    dict(HAS_W=has_w, ROWS=rows, BLOCK_K=bk), nw))
+    return out
+
+
+def main(arch: int = 90) -> int:
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        print("aot_check: unset TRITON_INTERPRET (the kernels must be JIT functions)", file=sys.stderr)
+        return 2
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    target = GPUTarget("cuda", arch, 32)
+    for name, kernel, sig, constexprs, warps in variants():
+        t0 = time.perf_counter()
+        try:
+            compiled = triton.compile(ASTSource(fn=kernel, signature=sig, constexprs=constexprs), target=target,
+                                      options={"num_warps": warps})
+        except Exception as exc:
+            print(f"FAIL {name}: {type(exc).__name__}: {exc}")
+            return 1
+        spills = getattr(compiled, "n_spills", None)
+        print(f"ok   {name} ({time.perf_counter() - t0:.1f} s, regs {getattr(compiled, 'n_regs', '?')}, "
+              f"spills {spills})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(int(sys.argv[1]) if len(sys.argv) > 1 else 90))
