@@ -58,6 +58,33 @@ def variants():
                    HAS_W="constexpr", ROWS="constexpr", BLOCK_K="constexpr")
         out.append((f"grad {dt} has_w={has_w} {rows}x{bk}", mixed_loss._grad_kernel, sig,
                     dict(HAS_W=has_w, ROWS=rows, BLOCK_K=bk), nw))
+    # The JIT turns integer arguments equal to 1 into constants (B = 1, one block, one iteration):
+    # compile those specialisations too.
+    one = dict(n=1, n_pool=1, span=1)
+    sig = dict(loss_ptr=f32, pool_ptr=f32, ma_ptr=f32, params_ptr=f32, beta_ptr=f32, hist_ptr="*i32", v_ptr=f32,
+               lam_ptr=f32, cdf_ptr=f32, bsum_ptr=f32, ma_out_ptr=f32, n="constexpr", n_pool="constexpr", k=i32,
+               decay="fp32", span="constexpr", MODE="constexpr", MIX="constexpr", PRESELECTED="constexpr",
+               BLOCK="constexpr")
+    out.append(("plan B=1", ws._plan_kernel, sig, dict(one, MODE=1, MIX=True, PRESELECTED=False, BLOCK=2048), 8))
+    out.append(("partner B=1", ws._partner_kernel,
+                dict(cdf_ptr=f32, bincl_ptr=f32, uniform_ptr="*fp64", partner_ptr=i64, n="constexpr", g="constexpr",
+                     span="constexpr", n_iter="constexpr", BLOCK="constexpr"),
+                dict(n=1, g=1, span=1, n_iter=1, BLOCK=1024), 4))
+    sig = dict(m_ptr=f32, ma_ptr=f32, params_ptr=f32, hist_ptr="*i32", w_ptr=f32, ma_out_ptr=f32, part_ptr=f32,
+               loss_ptr=f32, n="constexpr", k=i32, decay="fp32", span="constexpr", MODE="constexpr",
+               REWEIGHT="constexpr", PRESELECTED="constexpr", SINGLE="constexpr", BLOCK="constexpr")
+    out.append(("reduce B=1", mixed_loss._reduce_kernel, sig,
+                dict(n=1, span=1, MODE=1, REWEIGHT=True, PRESELECTED=False, SINGLE=True, BLOCK=2048), 8))
+    out.append(("mix D=1", mix._mix_kernel,
+                dict(x_ptr="*fp32", partner_ptr=i64, lam_ptr=f32, out_ptr="*fp32", total="constexpr", D="constexpr",
+                     BLOCK="constexpr"), dict(total=1, D=1, BLOCK=1024), 4))
+    sig = dict(z_ptr="*bf16", stride_z=i32, target_ptr=i64, partner_ptr=i64, lam_ptr=f32, loss_ptr=f32,
+               lse_ptr=f32, B="constexpr", K=i32, MIXED="constexpr", ROWS="constexpr", BLOCK_K="constexpr")
+    out.append(("ce_rows B=1", _shared.ce_rows_kernel, sig, dict(B=1, MIXED=True, ROWS=64, BLOCK_K=16), 8))
+    sig = dict(z_ptr="*bf16", stride_z=i32, lse_ptr=f32, target_ptr=i64, partner_ptr=i64, lam_ptr=f32,
+               w_ptr=f32, g_ptr=f32, grad_ptr="*bf16", stride_g=i32, B="constexpr", K=i32, div="fp32",
+               HAS_W="constexpr", ROWS="constexpr", BLOCK_K="constexpr")
+    out.append(("grad B=1", mixed_loss._grad_kernel, sig, dict(B=1, HAS_W=True, ROWS=64, BLOCK_K=16), 8))
     return out
 
 
