@@ -114,20 +114,27 @@ def synchronize(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def time_step(step: Step, warmup: int = 3, min_time: float = 0.2, max_iters: int = 200) -> float:
-    """Median seconds per call of ``step.run`` (device-synchronised)."""
+def time_step(step: Step, warmup: int = 3, min_time: float = 0.2, rounds: int = 5) -> float:
+    """Seconds per call of ``step.run``: the median over ``rounds`` of (time of n back-to-back calls
+    between two device synchronisations) / n, n chosen so one round takes about min_time / rounds
+    (so launch queues stay full and the sync cost is amortised, as in a training loop)."""
     for _ in range(warmup):
         step.run()
     synchronize(step.device)
-    times = []
-    start = time.perf_counter()
-    while len(times) < max_iters and (time.perf_counter() - start < min_time or len(times) < 3):
+    t0 = time.perf_counter()
+    step.run()
+    synchronize(step.device)
+    once = max(time.perf_counter() - t0, 1e-6)
+    n = max(1, int(min_time / rounds / once))
+    per_call = []
+    for _ in range(rounds):
         t0 = time.perf_counter()
-        step.run()
+        for _ in range(n):
+            step.run()
         synchronize(step.device)
-        times.append(time.perf_counter() - t0)
-    times.sort()
-    return times[len(times) // 2]
+        per_call.append((time.perf_counter() - t0) / n)
+    per_call.sort()
+    return per_call[len(per_call) // 2]
 
 
 def copy_bandwidth(device: str, nbytes: int | None = None) -> float:
