@@ -493,3 +493,37 @@ def test_loss_function_triton_path_matches_plain(monkeypatch, weighted, dtype):
     torch.testing.assert_close(lt, lr, rtol=1e-5, atol=1e-6)
     assert gt.dtype == dtype
     torch.testing.assert_close(gt.float(), gr.float(), **GRAD_TOL[dtype])
+
+
+def test_masked_minus_inf_logits_match_reference():
+    """-inf logits (masked classes) contribute nothing; a row whose label is masked has loss +inf."""
+    tri, rb = backends_on(DEVICE)
+    z, y, u, beta = batch(24, 6, torch.float32, DEVICE)
+    z[:, 5] = -math.inf
+    y = y % 5
+    check = tri.weights_and_sample(z, y, torch.tensor(0.3, device=DEVICE), 50, cfg(), "threshold", None, u, beta)
+    want = rb.weights_and_sample(z, y, torch.tensor(0.3, device=DEVICE), 50, cfg(), "threshold", None, u, beta)
+    torch.testing.assert_close(check.loss, want.loss)
+    zt, zr = z.clone().requires_grad_(True), z.clone().requires_grad_(True)
+    lt, _ = tri.mixed_loss(zt, y, want.partner, want.lam, torch.tensor(0.5, device=DEVICE), 50, cfg(), "threshold")
+    lr, _ = rb.mixed_loss(zr, y, want.partner, want.lam, torch.tensor(0.5, device=DEVICE), 50, cfg(), "threshold")
+    torch.testing.assert_close(lt, lr, rtol=1e-5, atol=1e-6)
+    lt.backward()
+    lr.backward()
+    torch.testing.assert_close(zt.grad, zr.grad, rtol=1e-4, atol=1e-7)
+    y2 = y.clone()
+    y2[0] = 5
+    out = tri.weights_and_sample(z, y2, torch.tensor(0.3, device=DEVICE), 50, cfg(), "threshold", None, u, beta)
+    assert out.loss[0].item() == math.inf and out.weights[0].item() == 0.0
+
+
+def test_float64_falls_back_to_the_reference():
+    tri, rb = backends_on(DEVICE)
+    z, y, u, beta = batch(16, 4, torch.float64, DEVICE)
+    got = tri.weights_and_sample(z, y, torch.tensor(0.0, device=DEVICE), 50, cfg(), "threshold", None, u, beta)
+    want = rb.weights_and_sample(z, y, torch.tensor(0.0, device=DEVICE), 50, cfg(), "threshold", None, u, beta)
+    assert got.loss.dtype == torch.float64
+    for a, b in zip(got, want):
+        assert torch.equal(a, b)
+    x = torch.randn(16, 3, dtype=torch.float64, device=DEVICE)
+    assert torch.equal(tri.mix(x, want.partner, want.lam), rb.mix(x, want.partner, want.lam))
