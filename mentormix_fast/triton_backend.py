@@ -25,6 +25,8 @@ tests), where ``"auto"`` never picks it. float64 inputs fall back to the referen
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 
 from . import reference
@@ -49,39 +51,71 @@ _KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 # ----------------------------------------------------------------------------------------------
 
 
-def fold_weighting(weighting, epoch, burn_in_epoch: int, device) -> tuple[torch.Tensor, int]:
-    """``(params [93] f32, mode)``: burn-in flag, then the MentorNet folded for this step's epoch.
+_TABLES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_THRESHOLD_TABLES: dict = {}
+
+
+def fold_table(weighting, burn_in_epoch: int, device) -> tuple[torch.Tensor, int]:
+    """``(table [100, 93] f32, mode)``: row e is the kernel parameter vector for epoch feature e.
 
     Per step the label is 0 and the epoch is shared, so the first FC layer's input from the two
-    embeddings plus its bias is one [20] vector ``base = E_l[0] W1[0:2] + E_e[e] W1[2:7] + b1``; the
-    LSTM cell states need only kernel rows 0-1 and gate columns i, j. ``mode`` 0: threshold.
+    embeddings plus its bias is one [20] vector ``base_e = E_l[0] W1[0:2] + E_e[e] W1[2:7] + b1``;
+    the LSTM cell states need only kernel rows 0-1 and gate columns i, j; the burn-in flag is
+    ``e < burn_in_epoch - 1``. All of it depends on e alone, so the 100 rows are folded once (torch
+    ops on the device) and cached per MentorNet, refreshed when a parameter changes (its version
+    or storage), e.g. while the MentorNet itself is trained. ``mode`` 0: threshold, 1: MentorNet.
     """
-    if isinstance(epoch, torch.Tensor):
-        e = epoch.to(device=device, dtype=torch.int64).reshape(1)
-        burn = (e < burn_in_epoch - 1).to(torch.float32)
-    else:
-        e = None
-        burn = torch.full((1,), 1.0 if int(epoch) < burn_in_epoch - 1 else 0.0, dtype=torch.float32, device=device)
-    params = torch.zeros(_shared.PARAMS_SIZE, dtype=torch.float32, device=device)
+    device = torch.device(device)
     if isinstance(weighting, str):
         if weighting != "threshold":
             raise ValueError(f"weighting: expected 'threshold' or a MentorNet, got {weighting!r}")
-        return torch.cat([burn, params[1:]]), _shared.MODE_THRESHOLD
-    net = weighting
+        key = (burn_in_epoch, device)
+        if torch.compiler.is_compiling():
+            return _build_table(None, burn_in_epoch, device), _shared.MODE_THRESHOLD
+        if key not in _THRESHOLD_TABLES:
+            _THRESHOLD_TABLES[key] = _build_table(None, burn_in_epoch, device)
+        return _THRESHOLD_TABLES[key], _shared.MODE_THRESHOLD
+    if torch.compiler.is_compiling():  # traced into the graph (inductor fuses it); no Python cache
+        return _build_table(weighting, burn_in_epoch, device), _shared.MODE_MENTORNET
+    params = list(weighting.parameters())
+    key = (burn_in_epoch, device, tuple((p._version, p.data_ptr(), p.device) for p in params))
+    cached = _TABLES.get(weighting)
+    if cached is None or cached[0] != key:
+        cached = (key, _build_table(weighting, burn_in_epoch, device))
+        _TABLES[weighting] = cached
+    return cached[1], _shared.MODE_MENTORNET
+
+
+def _build_table(net, burn_in_epoch: int, device) -> torch.Tensor:
+    epochs = torch.arange(100, device=device)
+    burn = (epochs < burn_in_epoch - 1).to(torch.float32).unsqueeze(1)
+    if net is None:
+        return torch.cat([burn, torch.zeros(100, _shared.PARAMS_SIZE - 1, device=device)], dim=1)
     with torch.no_grad():
-        if e is None:
-            emb = net.epoch_embedding[max(0, min(int(epoch), net.epoch_embedding.shape[0] - 1))]
-        else:
-            emb = net.epoch_embedding.index_select(0, e.clamp(0, net.epoch_embedding.shape[0] - 1))[0]
         w1 = net.fc1_weight
-        base = net.label_embedding[0] @ w1[0:2] + emb @ w1[2:7] + net.fc1_bias
+        emb = net.epoch_embedding
+        if emb.shape[0] < 100:  # the release's table has 100 rows; larger epochs clamp to the last
+            emb = emb[epochs.clamp_max(emb.shape[0] - 1)]
+        base = (net.label_embedding[0] @ w1[0:2] + net.fc1_bias) + emb[:100] @ w1[2:7]
 
         def gates(kernel, bias):
             return torch.stack([kernel[0, 0], kernel[1, 0], bias[0], kernel[0, 1], kernel[1, 1], bias[1]])
 
-        parts = [burn, gates(net.lstm_fw_kernel, net.lstm_fw_bias), gates(net.lstm_bw_kernel, net.lstm_bw_bias),
-                 base, w1[7], w1[8], net.fc2_weight[:, 0] + net.fc2_bias]
-        return torch.cat([p.to(device=device, dtype=torch.float32) for p in parts]), _shared.MODE_MENTORNET
+        shared = torch.cat([gates(net.lstm_fw_kernel, net.lstm_fw_bias), gates(net.lstm_bw_kernel, net.lstm_bw_bias)])
+        tail = torch.cat([w1[7], w1[8], net.fc2_weight[:, 0] + net.fc2_bias])
+        parts = [burn, shared.expand(100, -1), base, tail.expand(100, -1)]
+        return torch.cat([p.to(device=device, dtype=torch.float32) for p in parts], dim=1).contiguous()
+
+
+def fold_weighting(weighting, epoch, burn_in_epoch: int, device) -> tuple[torch.Tensor, int]:
+    """``(params [93] f32, mode)`` for this step: row ``epoch`` of :func:`fold_table` (a view for a
+    Python int; one gather on the device, no sync, for an epoch tensor). ``epoch`` is the epoch
+    feature, in 0..99 (values outside are clamped)."""
+    table, mode = fold_table(weighting, burn_in_epoch, device)
+    if isinstance(epoch, torch.Tensor):
+        e = epoch.to(device=table.device, dtype=torch.int64).reshape(1).clamp(0, 99)
+        return table.index_select(0, e).reshape(-1), mode
+    return table[max(0, min(int(epoch), 99))], mode
 
 
 # ----------------------------------------------------------------------------------------------

@@ -527,3 +527,19 @@ def test_float64_falls_back_to_the_reference():
         assert torch.equal(a, b)
     x = torch.randn(16, 3, dtype=torch.float64, device=DEVICE)
     assert torch.equal(tri.mix(x, want.partner, want.lam), rb.mix(x, want.partner, want.lam))
+
+
+def test_folded_mentornet_table_follows_parameter_updates():
+    from mentormix_fast.triton_backend import fold_weighting
+
+    net = mf.MentorNet(generator=torch.Generator().manual_seed(8)).to(DEVICE)
+    a, _ = fold_weighting(net, 40, 10, DEVICE)
+    b, _ = fold_weighting(net, torch.tensor(40, device=DEVICE), 10, DEVICE)
+    assert torch.equal(a, b) and a[0].item() == 0.0
+    assert fold_weighting(net, 3, 10, DEVICE)[0][0].item() == 1.0  # burn-in flag
+    before = a.clone()
+    with torch.no_grad():
+        net.fc2_bias.add_(0.25)  # an in-place update (e.g. MentorNet being trained) refreshes the table
+    after, _ = fold_weighting(net, 40, 10, DEVICE)
+    assert not torch.equal(before, after)
+    check_weights_and_sample(DEVICE, 32, 5, torch.float32, net, 40, cfg())
