@@ -104,3 +104,18 @@ def test_opcheck_split_ops():
                                                     0.7, 0.5, mode, True))
     partner = torch.randperm(16, generator=torch.Generator().manual_seed(0)).to(DEVICE)
     torch.library.opcheck(OPS.triton_mixed_ce.default, (z, y, partner, torch.rand(16, device=DEVICE)))
+
+
+@pytest.mark.slow
+def test_compiled_module_forward_fullgraph():
+    """The public MentorMix step (two passes, plan, mix, mixed loss, state updates) in one graph."""
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 5)).to(DEVICE)
+    mm = mf.MentorMix(total_steps=100, backend="triton", burn_in_epoch=2).to(DEVICE)
+    step = torch.compile(lambda x, y: mm(net, x, y), fullgraph=True)
+    x, y = torch.randn(32, 8, device=DEVICE), torch.randint(0, 5, (32,), device=DEVICE)
+    for _ in range(2):
+        loss = step(x, y)
+        loss.backward()
+    assert torch.isfinite(loss) and int(mm.num_steps) == 2 and float(mm.loss_ma) > 0
