@@ -16,6 +16,8 @@ import time
 
 def variants():
     """(name, kernel, signature, constexprs, num_warps) for every launch configuration we use."""
+    import triton
+
     from . import _shared, mix, mixed_loss, weights_and_sample as ws
 
     f32, i64, i32 = "*fp32", "*i64", "i32"
@@ -40,10 +42,11 @@ def variants():
     out.append(("partner", ws._partner_kernel,
                 dict(cdf_ptr=f32, bincl_ptr=f32, uniform_ptr="*fp64", partner_ptr=i64, n=i32, g=i32, span=i32,
                      n_iter=i32, BLOCK="constexpr"), dict(BLOCK=1024), 4))
-    for dt in ["fp32", "bf16", "fp16"]:
+    for dt in ["fp32", "bf16", "fp16", "fp64"]:
+        compute = triton.language.float64 if dt == "fp64" else triton.language.float32
         out.append((f"mix {dt}", mix._mix_kernel,
                     dict(x_ptr=f"*{dt}", partner_ptr=i64, lam_ptr=f32, out_ptr=f"*{dt}", total="i64", D=i32,
-                         BLOCK="constexpr"), dict(BLOCK=1024), 4))
+                         COMPUTE="constexpr", BLOCK="constexpr"), dict(COMPUTE=compute, BLOCK=1024), 4))
     for mode, rew, pre, single in itertools.product([0, 1], [False, True], [False, True], [False, True]):
         sig = dict(m_ptr=f32, ma_ptr=f32, params_ptr=f32, hist_ptr="*i32", w_ptr=f32, ma_out_ptr=f32, part_ptr=f32,
                    loss_ptr=f32, n=i32, k=i32, decay="fp32", span=i32, MODE="constexpr", REWEIGHT="constexpr",
@@ -77,7 +80,8 @@ def variants():
                 dict(n=1, span=1, MODE=1, REWEIGHT=True, PRESELECTED=False, SINGLE=True, BLOCK=2048), 8))
     out.append(("mix D=1", mix._mix_kernel,
                 dict(x_ptr="*fp32", partner_ptr=i64, lam_ptr=f32, out_ptr="*fp32", total="constexpr", D="constexpr",
-                     BLOCK="constexpr"), dict(total=1, D=1, BLOCK=1024), 4))
+                     COMPUTE="constexpr", BLOCK="constexpr"),
+                dict(total=1, D=1, COMPUTE=triton.language.float32, BLOCK=1024), 4))
     sig = dict(z_ptr="*bf16", stride_z=i32, target_ptr=i64, partner_ptr=i64, lam_ptr=f32, loss_ptr=f32,
                lse_ptr=f32, B="constexpr", K=i32, MIXED="constexpr", ROWS="constexpr", BLOCK_K="constexpr")
     out.append(("ce_rows B=1", _shared.ce_rows_kernel, sig, dict(B=1, MIXED=True, ROWS=64, BLOCK_K=16), 8))

@@ -20,7 +20,8 @@ folded on the device, with torch ops and no host sync, into one small fp32 vecto
 (layout in ``kernels/_shared.py``).
 
 Devices: CUDA tensors; CPU tensors only under ``TRITON_INTERPRET=1`` (Triton's interpreter, for
-tests), where ``"auto"`` never picks it. float64 inputs fall back to the reference.
+tests), where ``"auto"`` never picks it. float64 logits fall back to the reference (the mix kernel
+takes float64 inputs).
 """
 
 from __future__ import annotations
@@ -307,7 +308,7 @@ class TritonBackend:
         return reference.WeightsAndSample(*out)
 
     def mix(self, x, partner, lam):
-        if x.dtype not in _KERNEL_DTYPES:
+        if x.dtype not in _KERNEL_DTYPES + (torch.float64,):
             return self._reference.mix(x, partner, lam)
         return torch.ops.mentormix_fast.triton_mix(x, partner.to(torch.int64), lam)
 

@@ -35,7 +35,7 @@ GRAD_TOL = {torch.float32: dict(rtol=1e-4, atol=1e-6), torch.bfloat16: dict(rtol
             torch.float16: dict(rtol=2e-3, atol=1e-6)}
 # The mix backward accumulates the partner scatter in another order than autograd's index_put.
 MIX_GRAD_TOL = {torch.float32: dict(rtol=1e-5, atol=1e-6), torch.bfloat16: dict(rtol=2e-2, atol=2e-2),
-                torch.float16: dict(rtol=2e-3, atol=2e-3)}
+                torch.float16: dict(rtol=2e-3, atol=2e-3), torch.float64: dict(rtol=1e-12, atol=1e-12)}
 SHAPES = [(1, 2), (2, 2), (7, 3), (33, 17), (128, 10), (300, 101), (3, 5003)]
 
 
@@ -141,6 +141,8 @@ def check_mix(device, shape, dtype, seed=2):
     assert out_t.dtype == dtype and out_t.shape == x.shape
     if dtype == torch.float32:
         tol = dict(rtol=1e-6, atol=1e-6)
+    elif dtype == torch.float64:
+        tol = dict(rtol=1e-15, atol=1e-15)
     elif dtype == torch.bfloat16 and device == "cpu":
         tol = dict(rtol=2e-2, atol=2e-2)  # the interpreter rounds fp32 -> bf16 toward zero (GPUs: to nearest)
     else:
@@ -280,7 +282,7 @@ def test_mixed_loss_nan_row_propagates():
     assert torch.isfinite(mt)
 
 
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("dtype", DTYPES + [torch.float64], ids=str)
 @pytest.mark.parametrize("shape", [(1,), (1, 1), (5, 3, 7, 7), (64, 33), (3, 2000)], ids=str)
 def test_mix(shape, dtype):
     check_mix(DEVICE, shape, dtype)
@@ -525,8 +527,9 @@ def test_float64_falls_back_to_the_reference():
     assert got.loss.dtype == torch.float64
     for a, b in zip(got, want):
         assert torch.equal(a, b)
-    x = torch.randn(16, 3, dtype=torch.float64, device=DEVICE)
-    assert torch.equal(tri.mix(x, want.partner, want.lam), rb.mix(x, want.partner, want.lam))
+    x = torch.randn(16, 3, 2, dtype=torch.float64, device=DEVICE)
+    torch.testing.assert_close(tri.mix(x, want.partner, want.lam), rb.mix(x, want.partner, want.lam), rtol=1e-15,
+                               atol=1e-15)
 
 
 def test_folded_mentornet_table_follows_parameter_updates():
