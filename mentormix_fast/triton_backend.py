@@ -16,8 +16,8 @@ Ops (namespace ``mentormix_fast``), each with a fake (meta) implementation so th
 Randomness: the backend draws ``u ~ U[0, 1)`` (fp64) and ``b ~ Beta(alpha, alpha)`` with torch from
 the MentorMix generator, in the same order as the reference backend, so both backends see the same
 draws for the same seed; the kernels consume them. The weighting (threshold or a MentorNet) is
-folded on the device, with torch ops and no host sync, into one small fp32 vector ``params``
-(layout in ``kernels/_shared.py``).
+folded on the device, with torch ops and no host sync, into a per-epoch table of small fp32 vectors
+(cached); a step passes row ``e`` as ``params`` (layout in ``kernels/_shared.py``).
 
 Devices: CUDA tensors; CPU tensors only under ``TRITON_INTERPRET=1`` (Triton's interpreter, for
 tests), where ``"auto"`` never picks it. float64 logits fall back to the reference (the mix kernel
