@@ -546,3 +546,21 @@ def test_folded_mentornet_table_follows_parameter_updates():
     after, _ = fold_weighting(net, 40, 10, DEVICE)
     assert not torch.equal(before, after)
     check_weights_and_sample(DEVICE, 32, 5, torch.float32, net, 40, cfg())
+
+
+def test_random_shapes_and_dtypes():
+    """Random (B, K, dtype, weighting, p, second_reweight): every stage against the reference."""
+    hyp = pytest.importorskip("hypothesis")
+    st = hyp.strategies
+
+    @hyp.settings(max_examples=12, deadline=None, derandomize=True, database=None)
+    @hyp.given(b=st.integers(1, 300), k=st.integers(2, 700), dtype=st.sampled_from(DTYPES),
+               mentornet=st.booleans(), p=st.sampled_from([0.1, 0.3, 0.5, 0.7, 0.8]), second=st.booleans(),
+               epoch=st.integers(0, 99))
+    def run(b, k, dtype, mentornet, p, second, epoch):
+        w = mf.mentornet_pd() if mentornet else "threshold"
+        config = cfg(percentile=p, second_reweight=second)
+        check_weights_and_sample(DEVICE, b, k, dtype, w, epoch, config, seed=b * 1000 + k)
+        check_mixed_loss(DEVICE, b, k, dtype, w, epoch, config, seed=b + k)
+
+    run()
