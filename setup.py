@@ -81,6 +81,8 @@ def _cuda_decision(torch, cuda_home):
 
 def extensions():
     """The C++/CUDA extensions this machine can build, and the build command that builds them."""
+    if "CUDA_HOME" not in os.environ and os.path.exists("/usr/local/cuda/bin/nvcc"):
+        os.environ["CUDA_HOME"] = "/usr/local/cuda"  # torch's guess from PATH can miss lib64/libcudart
     try:
         import torch
         from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
@@ -96,10 +98,13 @@ def extensions():
     info = {"cpu": f"built ({isa})"}
 
     build_cuda, reason = _cuda_decision(torch, CUDA_HOME)
+    if build_cuda and not torch.cuda.is_available():
+        # No device to ask for its architecture (cpp_extension would fail): build for common ones.
+        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
     if build_cuda:
         ext_modules.append(CUDAExtension(
             "mentormix_fast._C_cuda", sorted(glob.glob("csrc/cuda/*.cu") + glob.glob("csrc/cuda/*.cpp")),
-            extra_compile_args={"cxx": ["-O3"], "nvcc": ["-O3", "--use_fast_math"]}))
+            extra_compile_args={"cxx": ["-O3", "-Wno-unknown-pragmas"], "nvcc": ["-O3"]}))
         info["cuda"] = f"built ({reason})"
     else:
         info["cuda"] = f"skipped: {reason}"

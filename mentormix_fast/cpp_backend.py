@@ -89,9 +89,12 @@ def _weighting_tensor(weighting, device: torch.device) -> torch.Tensor:
 
 
 def _epoch_tensor(epoch, device: torch.device) -> torch.Tensor:
+    """The epoch as a 0-d int64 tensor where it already is: a tensor step counter stays on its
+    device (the CUDA kernels read it there), a Python int becomes a host tensor (read by the
+    launcher, never copied to the GPU: no synchronisation)."""
     if isinstance(epoch, torch.Tensor):
-        return epoch.reshape(()).to(device=device, dtype=torch.int64)
-    return torch.tensor(int(epoch), dtype=torch.int64, device=device)
+        return epoch.reshape(()).to(torch.int64)
+    return torch.tensor(int(epoch), dtype=torch.int64)
 
 
 # --------------------------------------------------------------------------------------------------
