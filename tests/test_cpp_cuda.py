@@ -1,8 +1,8 @@
 """The CUDA kernels ("cuda" backend, mentormix_fast._C_cuda) against the reference on a GPU, and an
 opt-in compile-only check of csrc/cuda with nvcc.
 
-Without a CUDA device every GPU test skips; the compile check runs only with
-MENTORMIX_TEST_CUDA_COMPILE=1 and nvcc present (it takes a few minutes on 2 cores).
+Without a CUDA device every GPU test skips; the compile check runs wherever nvcc is found (~20 s
+on 2 cores, one architecture, -O1; MENTORMIX_TEST_CUDA_COMPILE=0 turns it off).
 """
 
 from __future__ import annotations
@@ -141,7 +141,7 @@ def test_kernel_draws_reproducible():
     assert 0.55 < float(outs[0].lam.mean()) < 0.65  # E[max(b, 1 - b)], b ~ Beta(8, 8): ~0.598
 
 
-@pytest.mark.skipif(os.environ.get("MENTORMIX_TEST_CUDA_COMPILE") != "1", reason="opt-in: MENTORMIX_TEST_CUDA_COMPILE=1")
+@pytest.mark.skipif(os.environ.get("MENTORMIX_TEST_CUDA_COMPILE") == "0", reason="MENTORMIX_TEST_CUDA_COMPILE=0")
 @pytest.mark.skipif(shutil.which("nvcc") is None and not os.path.exists("/usr/local/cuda/bin/nvcc"),
                     reason="nvcc not found")
 def test_cuda_sources_compile(tmp_path):
@@ -150,16 +150,25 @@ def test_cuda_sources_compile(tmp_path):
 
     root = os.path.join(os.path.dirname(__file__), "..")
     nvcc = shutil.which("nvcc") or "/usr/local/cuda/bin/nvcc"
-    incs = [f"-I{p}" for p in include_paths(device_type="cuda")] + [f"-I{sysconfig_include()}"]
+    cuda_home = os.environ.get("CUDA_HOME") or ("/usr/local/cuda" if os.path.isdir("/usr/local/cuda/include") else
+                                                os.path.dirname(os.path.dirname(os.path.realpath(nvcc))))
+    cuda_include = os.path.join(cuda_home, "include")
+    incs = [f"-I{p}" for p in include_paths(device_type="cuda")] + [f"-I{sysconfig_include()}", f"-I{cuda_include}"]
     abi = f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}"
     for src in sorted(glob.glob(os.path.join(root, "csrc", "cuda", "*.cu"))):
-        cmd = [nvcc, "-c", src, "-o", str(tmp_path / "out.o"), "-std=c++17", "-O1", "--expt-relaxed-constexpr",
+        cmd = [nvcc, "-c", src, "-o", str(tmp_path / "out.o"), "-std=c++20", "-O1", "--expt-relaxed-constexpr",
+               "-D__CUDA_NO_HALF_OPERATORS__", "-D__CUDA_NO_HALF_CONVERSIONS__", "-D__CUDA_NO_BFLOAT16_CONVERSIONS__",
                "-gencode=arch=compute_90,code=sm_90", "-DTORCH_EXTENSION_NAME=_C_cuda", abi, *incs]
-        subprocess.run(cmd, check=True, capture_output=True, text=True)
+        compile_or_fail(cmd)
     for src in sorted(glob.glob(os.path.join(root, "csrc", "cuda", "*.cpp"))):
-        cmd = ["c++", "-c", src, "-o", str(tmp_path / "out.o"), "-std=c++17", "-O1", abi,
+        cmd = ["c++", "-c", src, "-o", str(tmp_path / "out.o"), "-std=c++20", "-O1", "-fPIC", abi,
                "-DTORCH_EXTENSION_NAME=_C_cuda", *incs]
-        subprocess.run(cmd, check=True, capture_output=True, text=True)
+        compile_or_fail(cmd)
+
+
+def compile_or_fail(cmd):
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    assert done.returncode == 0, f"{' '.join(cmd[:3])} failed:\n{done.stderr[-3000:]}"
 
 
 def sysconfig_include() -> str:
