@@ -82,3 +82,29 @@ def load_or_make_noisy_labels(data_dir, dataset: str, clean, rate: float, num_cl
     report = {"kind": kind, "rate": rate, "seed": seed, "actual_rate": corruption_rate(clean, noisy),
               "expected_rate": expected_corruption_rate(rate, num_classes, kind), "file": str(path)}
     return noisy, report
+
+
+def main(argv=None) -> int:
+    """``python -m mentormix_fast.noise --dataset cifar10 --rate 0.4 --data-dir DIR``: write (or read)
+    the noisy labels of one setting and print the report as JSON."""
+    import argparse
+    import json
+
+    from .datasets import DATASETS, load_dataset
+
+    p = argparse.ArgumentParser(prog="python -m mentormix_fast.noise", description=main.__doc__.split(":")[0])
+    p.add_argument("--dataset", choices=DATASETS, default="digits")
+    p.add_argument("--data-dir", default="data")
+    p.add_argument("--rate", type=float, required=True)
+    p.add_argument("--kind", choices=NOISE_KINDS, default="symmetric")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    train, _, num_classes = load_dataset(args.dataset, args.data_dir)
+    _, report = load_or_make_noisy_labels(args.data_dir, args.dataset, train.labels.numpy(), args.rate,
+                                          num_classes, args.seed, args.kind)
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -53,3 +53,14 @@ def test_saved_next_to_the_data_and_reused(tmp_path):
     np.savez(path, **fields)
     again, _ = load_or_make_noisy_labels(tmp_path, "digits", clean, 0.4, 10, seed=2)
     assert np.array_equal(again, fields["noisy"])
+
+
+def test_command_line_writes_and_reports(tmp_path, capsys):
+    import json
+
+    from mentormix_fast.noise import main
+
+    assert main(["--data-dir", str(tmp_path), "--rate", "0.6"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["rate"] == 0.6 and abs(report["actual_rate"] - 0.54) < 0.05
+    assert (tmp_path / "noisy_labels" / "digits-symmetric-r0.6-s0.npz").exists()
