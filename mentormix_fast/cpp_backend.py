@@ -5,12 +5,13 @@ Importing this module never fails: a backend whose extension is missing (not bui
 load, wrong instruction set) is reported through :func:`mentormix_fast.backends.mark_unavailable`.
 
 Division of work (SPEC §4), per call, with no host synchronisation on a GPU:
-  * Python: argument plumbing, the percentile rank (a function of B and p only) and the folded MentorNet table (cached per
-    parameter version, see :func:`fold_mentornet`);
-  * C++: everything that reads the logits or is O(B) (loss, percentile select, moving average,
-    MentorNet, softmax sampling, lam, the mixed loss and its gradient), and the random draws: one
-    64-bit key from the caller's CPU generator per step, then a Philox stream per example
-    (csrc/cpu/draws.h), so a seeded generator gives reproducible steps whatever the thread count.
+  * Python: argument plumbing, the percentile rank (a function of B and p only) and the folded
+    MentorNet table (cached per parameter version, see :func:`fold_mentornet`);
+  * C++/CUDA: everything that reads the logits or is O(B) (loss, percentile select, moving
+    average, MentorNet, softmax sampling, lam, the mixed loss and its gradient), and the random
+    draws: one key from the caller's generator per step (CPU: random64(); CUDA: its Philox
+    state, CUDA-graph safe), then a Philox stream per example (csrc/common/draws.h), so a seeded
+    generator gives reproducible steps whatever the thread count.
     (The draws differ from the reference backend's; with ``uniform``/``beta`` given, as the
     tests do, the results match the reference.)
 float64 logits (gradcheck territory) are delegated to the reference.
