@@ -231,6 +231,25 @@ def _register_fakes() -> None:
         return None
 
 
+_ISA_FEATURES = {"avx512": ("avx512f", "avx512bw", "avx512vl", "avx512dq", "avx2", "fma", "f16c"),
+                 "avx2": ("avx2", "fma", "f16c")}
+
+
+def _missing_cpu_features(isa: str) -> list[str]:
+    """CPU features the kernels were compiled for that this CPU lacks (a copied build would crash
+    with an illegal instruction). Linux reads /proc/cpuinfo; elsewhere ATen's capability."""
+    needed = _ISA_FEATURES.get(isa, ())
+    if not needed:
+        return []
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = set(next((line for line in f if line.startswith("flags")), "").split())
+    except OSError:
+        capability = torch.backends.cpu.get_cpu_capability().lower()
+        return [] if capability.startswith(isa) or (isa == "avx2" and capability.startswith("avx512")) else [isa]
+    return [flag for flag in needed if flag not in flags]
+
+
 def _register() -> None:
     info = _build_info()
     try:
@@ -243,11 +262,10 @@ def _register() -> None:
         return
     _register_fakes()
     isa = torch.ops.mentormix_cpp.cpu_isa()
-    running = torch.backends.cpu.get_cpu_capability().lower()
-    usable = {"avx512": ("avx512",), "avx2": ("avx2", "avx512")}.get(isa)
-    if usable is not None and running not in usable:
-        mark_unavailable("cpu", f"mentormix_fast._C was built for {isa}, this CPU runs {running}; rebuild with "
-                                f"MENTORMIX_CPU_ISA=default")
+    missing = _missing_cpu_features(isa)
+    if missing:
+        mark_unavailable("cpu", f"mentormix_fast._C was built for {isa}, this CPU lacks {', '.join(missing)}; "
+                                f"rebuild with MENTORMIX_CPU_ISA=default")
     else:
         register_backend(CppBackend("cpu", "cpu"))
 

@@ -335,3 +335,26 @@ def test_module_step_compiles_fullgraph_and_matches_eager():
     torch.testing.assert_close(la, lb)
     torch.testing.assert_close(a.grad, b.grad)
     torch.testing.assert_close(eager_mm.loss_ma_mixed, compiled_mm.loss_ma_mixed)
+
+
+def test_import_without_extension_reports_reason():
+    """Without mentormix_fast._C (not built), the package imports and says why "cpu" is missing."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, importlib.abc\n"
+        "class Block(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path, target=None):\n"
+        "        if name in ('mentormix_fast._C', 'mentormix_fast._C_cuda'):\n"
+        "            raise ImportError('blocked for the test')\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "import mentormix_fast as m\n"
+        "s = m.backends()\n"
+        "assert s['reference'] == 'available' and 'not built' in s['cpu'] and s['cuda'] != 'available', s\n"
+        "from mentormix_fast.backends import get_backend\n"
+        "import torch\n"
+        "assert get_backend('auto', torch.device('cpu')).name != 'cpu'\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
