@@ -12,6 +12,8 @@ import math
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import mentormix_fast as mf
 from mentormix_fast import reference as R
@@ -358,3 +360,31 @@ def test_import_without_extension_reports_reason():
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+@needs_cpp
+@settings(max_examples=40, deadline=None, derandomize=True)
+@given(B=st.integers(1, 300), K=st.integers(2, 300), dtype=st.sampled_from(DTYPES),
+       percentile=st.floats(0.0, 1.0), decay=st.floats(0.0, 1.0), burn_in=st.integers(0, 12),
+       epoch=st.integers(0, 99), second_reweight=st.booleans(), mentornet_weights=st.booleans(),
+       seed=st.integers(0, 2**31 - 1))
+def test_random_configurations_match_reference(B, K, dtype, percentile, decay, burn_in, epoch, second_reweight,
+                                               mentornet_weights, seed):
+    cpu, ref = get_backend("cpu", CPU), get_backend("reference", CPU)
+    w = mf.mentornet_pd() if mentornet_weights else "threshold"
+    cfg = MentorMixConfig(percentile=percentile, mixup_alpha=4.0, second_reweight=second_reweight,
+                          burn_in_epoch=burn_in, total_steps=1000, loss_ma_decay=decay)
+    z, y, u, beta = make_inputs(B, K, dtype, seed)
+    ma = torch.tensor(float(seed % 7))
+    a = cpu.weights_and_sample(z, y, ma, epoch, cfg, w, None, u, beta)
+    r = ref.weights_and_sample(z, y, ma, epoch, cfg, w, None, u, beta)
+    assert_weights_and_sample_match(a, r, u, mentornet_weights and epoch >= burn_in - 1)
+    za, zr = z.clone().requires_grad_(), z.clone().requires_grad_()
+    la, ma_a = cpu.mixed_loss(za, y, r.partner, r.lam, ma, epoch, cfg, w)
+    lr, ma_r = ref.mixed_loss(zr, y, r.partner, r.lam, ma, epoch, cfg, w)
+    torch.testing.assert_close(la, lr.float(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(ma_a, ma_r, rtol=1e-5, atol=1e-5)
+    la.backward()
+    lr.backward()
+    err = (za.grad.float() - zr.grad.float()).abs().max() / zr.grad.float().abs().max().clamp_min(1e-30)
+    assert err <= GRAD_RTOL[dtype]
