@@ -1,6 +1,5 @@
 """The training program's data path: CIFAR folders, augmentation, batch order, lr schedule, presets."""
 
-import numpy as np
 import pytest
 import torch
 
