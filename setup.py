@@ -122,7 +122,7 @@ def extensions():
                 return super().build_extension(ext)
             try:
                 super().build_extension(ext)
-            except Exception as exc:  # noqa: BLE001 - any compiler failure: report and go on
+            except Exception as exc:
                 info["cuda"] = f"skipped: build failed ({type(exc).__name__}: {str(exc)[-300:]})"
                 _log(f"CUDA extension FAILED to build and was skipped: {exc}")
 
@@ -147,7 +147,17 @@ setup(
     package_dir={"mentormix_fast": "mentormix_fast", "mentormix_fast.kernels": "kernels"},
     package_data={"mentormix_fast": ["data/*.json"]},
     install_requires=["torch", "numpy"],
-    extras_require={"triton": ["triton"], "demo": ["scikit-learn"], "train": ["torchvision"]},
+    extras_require={
+        "triton": ["triton"],
+        "demo": ["scikit-learn"],
+        "train": ["torchvision", "scikit-learn", "tqdm", "matplotlib"],
+        "tensorboard": ["tensorboard"],
+    },
+    entry_points={"console_scripts": [
+        "mentormix-train = mentormix_fast.train:main",
+        "mentormix-eval = mentormix_fast.eval:main",
+        "mentormix-plots = mentormix_fast.plots:main",
+    ]},
     ext_modules=ext_modules,
     cmdclass=cmdclass,
 )

@@ -25,7 +25,7 @@ import time
 import torch
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-import harness  # noqa: E402
+import harness
 
 VARIANTS = ("cpu", "reference", harness.COMPILED)
 
@@ -85,7 +85,7 @@ def main(argv=None) -> dict:
                     print(f"threads={threads} {dtype_name} B={b:5d} K={k:5d}  cpu {cpu * 1e3:8.3f} ms  "
                           f"x{ref / cpu:5.1f} vs eager  x{comp / cpu:5.1f} vs compiled", flush=True)
 
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     command = "python bench/bench_cpu.py " + " ".join(argv if argv is not None else sys.argv[1:])
     machine = f"{cpu_model()}, {os.cpu_count()} cores"
     result = dict(machine=machine, date=now.isoformat(timespec="seconds"), command=command, torch=torch.__version__,
@@ -94,7 +94,7 @@ def main(argv=None) -> dict:
                                                    f"cpu_{now.strftime('%Y%m%dT%H%M%SZ')}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1))
-    lines = [f"# CPU loss step: C++ backend vs eager reference vs torch.compile(reference)", "",
+    lines = ["# CPU loss step: C++ backend vs eager reference vs torch.compile(reference)", "",
              f"- machine: {machine}", f"- date: {result['date']}", f"- command: `{command}`",
              f"- torch {torch.__version__}; statistic: {result['statistic']}; one step = weights_and_sample "
              f"(with draws) + mix of x [B, {harness.MIX_DIM}] + mixed loss forward/backward (second_reweight)", "",

@@ -98,7 +98,13 @@ def make_step(variant: str, batch: int, classes: int, dtype: torch.dtype, device
         loss, new_ma2 = backend.mixed_loss(z2, y, plan.partner, plan.lam, ma2, epoch, config, weighting)
         return loss, xm, plan.loss_ma, new_ma2
 
-    fwd = torch.compile(forward, fullgraph=True) if variant == COMPILED else forward
+    if variant == COMPILED:
+        # One static graph per shape: a symbolic batch size breaks torch.rand(B) in the draws, and
+        # a run over many shapes and dtypes would otherwise hit the recompile limit.
+        torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+        fwd = torch.compile(forward, fullgraph=True, dynamic=False)
+    else:
+        fwd = forward
 
     def run():
         z2.grad = None

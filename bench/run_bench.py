@@ -24,7 +24,7 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
-import harness  # noqa: E402
+import harness
 
 
 def parse_case(text: str) -> tuple[int, int]:
@@ -73,7 +73,7 @@ def main(argv=None) -> dict:
               f"{r['speedup_vs_reference']:>8.2f}{r['speedup_vs_compiled']:>8.2f}"
               f"{100 * r['fraction_of_copy_bw']:>10.1f}%")
 
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     result = dict(device=harness.device_name(device), date=now.isoformat(timespec="seconds"),
                   command="python bench/run_bench.py " + " ".join(argv if argv is not None else sys.argv[1:]),
                   torch=torch.__version__, triton_interpret=os.environ.get("TRITON_INTERPRET") == "1",

@@ -7,10 +7,9 @@ Parameterised over every backend available on this machine (see ``harness.varian
 
 from __future__ import annotations
 
+import harness
 import pytest
 import torch
-
-import harness
 
 DEVICE = harness.default_device()
 CASES = harness.default_cases(DEVICE)

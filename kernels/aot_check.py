@@ -18,7 +18,8 @@ def variants():
     """(name, kernel, signature, constexprs, num_warps) for every launch configuration we use."""
     import triton
 
-    from . import _shared, mix, mixed_loss, weights_and_sample as ws
+    from . import _shared, mix, mixed_loss
+    from . import weights_and_sample as ws
 
     f32, i64, i32 = "*fp32", "*i64", "i32"
     out = []

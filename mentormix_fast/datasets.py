@@ -88,7 +88,7 @@ def write_cifar_folder(data_dir, name: str, train: Split, test: Split) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     for names, split in ((train_names, train), (test_names, test)):
         chunks = np.array_split(np.arange(len(split.labels)), len(names))
-        for file_name, idx in zip(names, chunks):
+        for file_name, idx in zip(names, chunks, strict=True):
             entry = {"data": split.images[idx].numpy().reshape(len(idx), -1).astype(np.uint8),
                      label_key: split.labels[idx].tolist()}
             with open(folder / file_name, "wb") as f:

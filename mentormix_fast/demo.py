@@ -79,7 +79,7 @@ def train_one(method: str, train_x, train_y, steps: int, seed: int, noise: float
         sched.step()
         decay = min(0.999, (1 + step) / (10 + step))
         with torch.no_grad():
-            for pe, pm in zip(ema.state_dict().values(), model.state_dict().values()):
+            for pe, pm in zip(ema.state_dict().values(), model.state_dict().values(), strict=True):
                 if pe.dtype.is_floating_point:
                     pe.mul_(decay).add_(pm, alpha=1 - decay)
                 else:

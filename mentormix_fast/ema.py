@@ -29,7 +29,7 @@ class WeightEMA:
     @torch.no_grad()
     def update(self, model: nn.Module, step: int) -> None:
         d = ema_decay(step, self.max_decay)
-        names, params = zip(*model.named_parameters())
+        names, params = zip(*model.named_parameters(), strict=True)
         shadows = [self.shadow[n] for n in names]
         torch._foreach_lerp_(shadows, [p.detach().float() for p in params], 1.0 - d)
 

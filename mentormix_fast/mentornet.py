@@ -101,7 +101,7 @@ class MentorNet(nn.Module):
         return {name: p.detach().cpu().double().tolist() for name, p in self.named_parameters(recurse=False)}
 
     @classmethod
-    def from_json_dict(cls, data: dict) -> "MentorNet":
+    def from_json_dict(cls, data: dict) -> MentorNet:
         net = cls()
         with torch.no_grad():
             for name, p in net.named_parameters(recurse=False):

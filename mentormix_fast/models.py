@@ -110,7 +110,7 @@ class PreActResNet(nn.Module):
         stem, *stages = filters
         self.stem = SameConv2d(in_channels, stem, 3, 1)
         layers, c_in = [], stem
-        for stage, (c_out, stride) in enumerate(zip(stages, (1, 2, 2))):
+        for stage, (c_out, stride) in enumerate(zip(stages, (1, 2, 2), strict=True)):
             for i in range(units):
                 first = i == 0
                 layers.append(PreActUnit(c_in, c_out, stride if first else 1, first and stage == 0))

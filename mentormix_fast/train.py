@@ -367,7 +367,7 @@ class Trainer:
                        "seconds": round(time.time() - started, 3)}
                 train_log.write(row)
                 weights_log.write_many({"step": self.step, "weight": f"{v:.6g}", "noisy": int(n)}
-                                       for v, n in zip(w.cpu().tolist(), noisy.cpu().tolist()))
+                                       for v, n in zip(w.cpu().tolist(), noisy.cpu().tolist(), strict=True))
                 tb.scalars(self.step, {f"train/{k}": v for k, v in row.items() if k not in ("step", "seconds")})
                 tb.histogram(self.step, "weights/clean", w[~noisy].cpu())
                 tb.histogram(self.step, "weights/noisy", w[noisy].cpu())

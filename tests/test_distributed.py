@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from mentormix_fast import MentorMix, reference
-from mentormix_fast.backends import register_backend, _BACKENDS
+from mentormix_fast.backends import _BACKENDS, register_backend
 
 
 def _free_port():
@@ -83,7 +83,7 @@ def test_off_is_the_local_percentile_exactly():
     a = MentorMix(**kw, generator=torch.Generator().manual_seed(3))
     b = MentorMix(**kw, generator=torch.Generator().manual_seed(3), percentile_gather=lambda v: v)
     pa, pb = a.plan(logits, target, 60), b.plan(logits, target, 60)
-    for x, y in zip(pa, pb):
+    for x, y in zip(pa, pb, strict=True):
         assert torch.equal(x, y)
     assert torch.equal(a.mixed_loss(logits, target, pa, 60), b.mixed_loss(logits, target, pb, 60))
     assert torch.equal(a.loss_ma_mixed, b.loss_ma_mixed)

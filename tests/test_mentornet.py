@@ -13,10 +13,10 @@ from mentormix_fast import train_mentornet as tm
 
 def numpy_mentornet(params, loss, loss_diff, epoch):
     """SPEC §1.4 written out with numpy, independently of the module."""
-    sig = lambda a: 1 / (1 + np.exp(-a))  # noqa: E731
+    sig = lambda a: 1 / (1 + np.exp(-a))
     p = {k: np.asarray(v, dtype=np.float64) for k, v in params.items()}
     out = []
-    for l_, d, e in zip(loss, loss_diff, epoch):
+    for l_, d, e in zip(loss, loss_diff, epoch, strict=True):
         cells = []
         for name in ("fw", "bw"):
             k, b = p[f"lstm_{name}_kernel"], p[f"lstm_{name}_bias"]
@@ -105,7 +105,7 @@ def test_curriculum_target_phases():
 def test_training_is_deterministic_and_keeps_the_epoch_embedding_fixed():
     a, _ = tm.train(seed=3, steps=200)
     b, _ = tm.train(seed=3, steps=200)
-    for (name, pa), pb in zip(a.named_parameters(), b.parameters()):
+    for (name, pa), pb in zip(a.named_parameters(), b.parameters(), strict=True):
         assert torch.equal(pa, pb), name
     init = MentorNet(generator=torch.Generator().manual_seed(3))
     assert torch.equal(a.epoch_embedding, init.epoch_embedding)
@@ -115,7 +115,7 @@ def test_training_is_deterministic_and_keeps_the_epoch_embedding_fixed():
 def test_json_round_trip_and_shape_check():
     net = MentorNet(generator=torch.Generator().manual_seed(5))
     back = MentorNet.from_json_dict(json.loads(json.dumps(net.to_json_dict())))
-    for p, q in zip(net.parameters(), back.parameters()):
+    for p, q in zip(net.parameters(), back.parameters(), strict=True):
         assert torch.equal(p, q)
     bad = net.to_json_dict()
     bad["fc1_weight"] = bad["fc1_weight"][:3]

@@ -6,8 +6,15 @@ import pytest
 import torch
 from torch import nn
 
-from mentormix_fast.models import PRESETS, PreActResNet, SameConv2d, _same_pad, build_model, count_parameters, \
-    decay_parameters
+from mentormix_fast.models import (
+    PRESETS,
+    PreActResNet,
+    SameConv2d,
+    _same_pad,
+    build_model,
+    count_parameters,
+    decay_parameters,
+)
 
 
 @pytest.mark.parametrize("num_classes, expected", [(10, 29_442_378), (100, 29_488_548)])

@@ -3,8 +3,13 @@
 import numpy as np
 import pytest
 
-from mentormix_fast.noise import corrupt_labels, corruption_rate, expected_corruption_rate, \
-    load_or_make_noisy_labels, noise_file
+from mentormix_fast.noise import (
+    corrupt_labels,
+    corruption_rate,
+    expected_corruption_rate,
+    load_or_make_noisy_labels,
+    noise_file,
+)
 
 
 def _labels(n=20000, k=10):

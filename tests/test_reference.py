@@ -149,7 +149,7 @@ def test_beta_draws_match_beta_distribution(alpha):
     torch.manual_seed(99)
     other = torch.distributions.Beta(alpha, alpha).sample((n,)).double()
     grid = torch.linspace(0, 1, 2001, dtype=torch.float64)
-    cdf = lambda s: torch.searchsorted(s.sort().values, grid, right=True).double() / n  # noqa: E731
+    cdf = lambda s: torch.searchsorted(s.sort().values, grid, right=True).double() / n
     ks = (cdf(b) - cdf(other)).abs().max().item()
     assert ks < 1.95 * math.sqrt(2 / n)
 

@@ -5,12 +5,11 @@ import json
 
 import pytest
 import torch
+from test_train_data import fake_cifar
 
 from mentormix_fast import checkpoint as ckpt
 from mentormix_fast.datasets import write_cifar_folder
 from mentormix_fast.train import main
-
-from test_train_data import fake_cifar
 
 QUICK = ["--model", "resnet8", "--batch-size", "16", "--max-steps", "12", "--log-every", "3", "--eval-every", "6",
          "--checkpoint-every", "0", "--no-progress", "--no-tensorboard"]

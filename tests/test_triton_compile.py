@@ -18,7 +18,7 @@ if mf.backends().get("triton") != "available":
 if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
     pytest.skip("no CUDA and TRITON_INTERPRET is not 1", allow_module_level=True)
 
-from test_triton_kernels import DEVICE, batch, cfg  # noqa: E402
+from test_triton_kernels import DEVICE, batch, cfg
 
 OPS = torch.ops.mentormix_fast
 
@@ -84,7 +84,7 @@ def test_compiled_step_fullgraph_matches_eager():
 
     eager = f(z1, y, x, u, beta, w_eager, ma, ma2, epoch)
     comp = torch.compile(f, fullgraph=True)(z1, y, x, u, beta, w_comp, ma, ma2, epoch)
-    for a, b in zip(comp, eager):
+    for a, b in zip(comp, eager, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     eager[0].backward()
     comp[0].backward()

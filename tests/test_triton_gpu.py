@@ -16,8 +16,16 @@ pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
 if torch.cuda.is_available():
-    from test_triton_kernels import (DTYPES, _train, backends_on, batch, cfg, check_mix, check_mixed_loss,
-                                     check_weights_and_sample)
+    from test_triton_kernels import (
+        DTYPES,
+        _train,
+        backends_on,
+        batch,
+        cfg,
+        check_mix,
+        check_mixed_loss,
+        check_weights_and_sample,
+    )
 
 GPU_SHAPES = [(1, 2), (3, 7), (128, 10), (128, 100), (1024, 1000), (8192, 32000), (65536, 1000), (5, 262144),
               (1 << 20, 3), (4097, 33)]
@@ -84,7 +92,7 @@ def test_cuda_graph_capture_and_replay():
         out = step(u, beta)
     eager = step(u, beta)
     graph.replay()
-    for a, b in zip(out, eager):
+    for a, b in zip(out, eager, strict=True):
         torch.testing.assert_close(a, b)
     # New draws copied into the static inputs change the replayed result.
     g = torch.Generator(device="cuda").manual_seed(9)
@@ -92,7 +100,7 @@ def test_cuda_graph_capture_and_replay():
     beta.copy_(torch.rand(beta.shape, generator=g, device="cuda"))
     eager = step(u, beta)
     graph.replay()
-    for a, b in zip(out, eager):
+    for a, b in zip(out, eager, strict=True):
         torch.testing.assert_close(a, b)
 
 

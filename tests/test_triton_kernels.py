@@ -20,6 +20,7 @@ from mentormix_fast.config import MentorMixConfig
 
 triton = pytest.importorskip("triton")
 import triton.language as tl  # noqa: E402
+
 if "triton" not in mf.backends() or mf.backends()["triton"] != "available":
     pytest.skip(f"triton backend unavailable: {mf.backends().get('triton')}", allow_module_level=True)
 if not torch.cuda.is_available():
@@ -322,7 +323,7 @@ def test_lambda_follows_folded_beta():
     hi, lo = lam[v >= 0.5], lam[v < 0.5]
     assert (hi >= 0.5).all() and (lo <= 0.5).all() and len(hi) > 100 and len(lo) > 100
     # max(b, 1 - b) for b ~ Beta(a, a) has CDF 2 I_x(a, a) - 1 on [1/2, 1].
-    folded = lambda x: 2 * stats.beta.cdf(x, alpha, alpha) - 1  # noqa: E731
+    folded = lambda x: 2 * stats.beta.cdf(x, alpha, alpha) - 1
     assert stats.kstest(hi, folded).pvalue > 1e-3
     assert stats.kstest(1 - lo, folded).pvalue > 1e-3
 
@@ -525,7 +526,7 @@ def test_float64_falls_back_to_the_reference():
     got = tri.weights_and_sample(z, y, torch.tensor(0.0, device=DEVICE), 50, cfg(), "threshold", None, u, beta)
     want = rb.weights_and_sample(z, y, torch.tensor(0.0, device=DEVICE), 50, cfg(), "threshold", None, u, beta)
     assert got.loss.dtype == torch.float64
-    for a, b in zip(got, want):
+    for a, b in zip(got, want, strict=True):
         assert torch.equal(a, b)
     x = torch.randn(16, 3, 2, dtype=torch.float64, device=DEVICE)
     torch.testing.assert_close(tri.mix(x, want.partner, want.lam), rb.mix(x, want.partner, want.lam), rtol=1e-15,
