@@ -207,6 +207,23 @@ def radix_selected(hist_ptr, k):
 
 
 @triton.jit
+def selected_moving_average(x_ptr, n, k, hist_ptr, ma_ptr, ma_out_ptr, decay, PRESELECTED: tl.constexpr,
+                            BLOCK: tl.constexpr):
+    """The updated moving average ``d * ma + (1 - d) * q`` (``ma`` kept when q is not finite), q the
+    value of ascending rank ``k`` of ``x`` [n] (read from the full histograms when PRESELECTED);
+    program 0 stores it to ``ma_out_ptr``."""
+    if PRESELECTED:
+        q = radix_selected(hist_ptr, k)
+    else:
+        q = radix_select(x_ptr, n, k, BLOCK)
+    ma = tl.load(ma_ptr)
+    ma_new = tl.where(tl.abs(q) < float("inf"), decay * ma + (1.0 - decay) * q, ma)
+    if tl.program_id(0) == 0:
+        tl.store(ma_out_ptr, ma_new)
+    return ma_new
+
+
+@triton.jit
 def radix_hist_kernel(x_ptr, n, k, hist_ptr, PASS: tl.constexpr, BLOCK: tl.constexpr):
     """Pass ``PASS`` of the many-program radix select: every program re-derives the prefix from the
     earlier passes' histograms (256 ints each), histograms its block and adds it atomically."""

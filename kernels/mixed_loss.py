@@ -30,7 +30,7 @@ import triton
 import triton.language as tl
 
 from . import _shared
-from ._shared import ce_rows_kernel, radix_select, radix_selected, reduce_block, row_tiling, row_weights
+from ._shared import ce_rows_kernel, reduce_block, row_tiling, row_weights, selected_moving_average
 
 
 @triton.jit
@@ -44,14 +44,7 @@ def _reduce_kernel(m_ptr, ma_ptr, params_ptr, hist_ptr, w_ptr, ma_out_ptr, part_
     hi = tl.minimum(lo + span, n)
     acc = tl.zeros([BLOCK], tl.float32)
     if REWEIGHT:
-        if PRESELECTED:
-            q = radix_selected(hist_ptr, k)
-        else:
-            q = radix_select(m_ptr, n, k, BLOCK)
-        ma = tl.load(ma_ptr)
-        ma_new = tl.where(tl.abs(q) < float("inf"), decay * ma + (1.0 - decay) * q, ma)
-        if pid == 0:
-            tl.store(ma_out_ptr, ma_new)
+        ma_new = selected_moving_average(m_ptr, n, k, hist_ptr, ma_ptr, ma_out_ptr, decay, PRESELECTED, BLOCK)
         for start in range(lo, hi, BLOCK):
             offs = start + tl.arange(0, BLOCK)
             inb = offs < hi

@@ -26,7 +26,7 @@ import triton
 import triton.language as tl
 
 from . import _shared
-from ._shared import ce_rows_kernel, radix_select, radix_selected, reduce_block, row_tiling, row_weights
+from ._shared import ce_rows_kernel, reduce_block, row_tiling, row_weights, selected_moving_average
 
 
 @triton.jit
@@ -37,14 +37,7 @@ def _plan_kernel(loss_ptr, pool_ptr, ma_ptr, params_ptr, beta_ptr, hist_ptr, v_p
     its total goes to ``bsum[p]``. The percentile is of ``pool`` [n_pool] (the losses themselves,
     or e.g. the all-gathered losses of a distributed batch)."""
     pid = tl.program_id(0)
-    if PRESELECTED:
-        q = radix_selected(hist_ptr, k)
-    else:
-        q = radix_select(pool_ptr, n_pool, k, BLOCK)
-    ma = tl.load(ma_ptr)
-    ma_new = tl.where(tl.abs(q) < float("inf"), decay * ma + (1.0 - decay) * q, ma)
-    if pid == 0:
-        tl.store(ma_out_ptr, ma_new)
+    ma_new = selected_moving_average(pool_ptr, n_pool, k, hist_ptr, ma_ptr, ma_out_ptr, decay, PRESELECTED, BLOCK)
     carry = 0.0
     lo = pid * span
     hi = tl.minimum(lo + span, n)
