@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from . import reference
+from . import reference, validation
 
 
 def _triton_ops(logits):
@@ -33,6 +33,13 @@ def _triton_ops(logits):
 class MentorMixLossFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits, target, partner, lam, weights=None):
+        validation.check_logits(logits)
+        batch, device = logits.shape[0], logits.device
+        validation.check_per_example(target, batch, device, "target", integer=True)
+        validation.check_per_example(partner, batch, device, "partner", integer=True)
+        validation.check_per_example(lam, batch, device, "lam")
+        if weights is not None:
+            validation.check_per_example(weights, batch, device, "weights")
         ops = _triton_ops(logits)
         ctx.triton = ops is not None
         if ops is not None:

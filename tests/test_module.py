@@ -340,3 +340,13 @@ def test_reference_step_compiles_fullgraph_and_matches_eager():
     torch.testing.assert_close(la, lb, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-7)
     torch.testing.assert_close(eager_mm.loss_ma_mixed, compiled_mm.loss_ma_mixed)
+
+
+def test_loss_function_rejects_bad_arguments_by_name():
+    z, y, partner, lam, w = _fn_inputs(2)
+    cases = [((z[0], y, partner, lam, None), "logits"), ((z, y[:3], partner, lam, None), "target"),
+             ((z, y, partner.float(), lam, None), "partner"), ((z, y, partner, lam[:2], None), "lam"),
+             ((z, y, partner, lam, w[:1]), "weights")]
+    for args, name in cases:
+        with pytest.raises((ValueError, TypeError), match=name):
+            mf.MentorMixLossFunction.apply(*args)
