@@ -14,9 +14,14 @@ No host synchronisation; the [B, K] logits are read once (launch 1), the rest is
 3. :func:`_partner_kernel` (grid over B): ``j_i`` = the first index with ``c_j > u_i c_{B-1}``
    by binary search, i.e. ``searchsorted(cdf, u * total, right=True)`` as in the reference.
 
-The draws ``u`` (fp64 uniform) and ``b`` (Beta(alpha, alpha)) come in as tensors; the caller
-draws them from the MentorMix generator with torch (seedable, CUDA-graph safe, and the same draws
-the reference backend makes for the same seed).
+Randomness: by default the kernels draw (``DRAW``): the caller takes two int64 Philox seeds per
+step from the MentorMix generator with ONE torch launch (``torch.randint``, on the device, no host
+sync, CUDA-graph safe), :func:`_plan_kernel` draws ``b ~ Beta(alpha, alpha)`` per example
+(:func:`beta_draw`) and :func:`_partner_kernel` draws ``u ~ U[0, 1)`` (``tl.rand``). The Philox
+counters are the global example indices, so the draws do not depend on the program layout (small
+or large B give the same values for the same seeds). Explicit draws still work: with ``DRAW``
+off, ``u`` (fp64 uniform) and ``b`` come in as tensors (tests compare with the reference on
+identical draws).
 """
 
 from __future__ import annotations
@@ -28,15 +33,63 @@ import triton.language as tl
 from . import _shared
 from ._shared import ce_rows_kernel, reduce_block, row_tiling, row_weights, selected_moving_average
 
+# Marsaglia-Tsang rejection rounds per gamma draw. The acceptance rate is >= 0.95 for shape >= 1
+# (alpha < 1 is boosted to alpha + 1), so all rounds fail with probability < 0.05^8 ~ 4e-11; the
+# fallback is then G = d (the centre of the proposal, v = 1).
+GAMMA_ROUNDS = 8
+
+
+def gamma_constants(alpha: float) -> tuple[float, float, float, bool]:
+    """``(d, c, 1 / alpha, boost)`` of the Marsaglia-Tsang sampler of Gamma(alpha):
+    shape ``s = alpha + 1`` when ``boost`` (alpha < 1) else alpha; ``d = s - 1/3``, ``c = 1 / sqrt(9 d)``."""
+    boost = alpha < 1.0
+    shape = alpha + 1.0 if boost else alpha
+    d = shape - 1.0 / 3.0
+    return d, 1.0 / (9.0 * d) ** 0.5, 1.0 / alpha, boost
+
 
 @triton.jit
-def _plan_kernel(loss_ptr, pool_ptr, ma_ptr, params_ptr, beta_ptr, hist_ptr, v_ptr, lam_ptr, cdf_ptr, bsum_ptr,
-                 ma_out_ptr, n, n_pool, k, decay, span, MODE: tl.constexpr, MIX: tl.constexpr,
-                 PRESELECTED: tl.constexpr, BLOCK: tl.constexpr):
+def _log_gamma(seed, offs, n, stream, d, c, inv_alpha, BOOST: tl.constexpr, ROUNDS: tl.constexpr):
+    """``log G``, G ~ Gamma(alpha), per lane (Marsaglia-Tsang, ``ROUNDS`` fixed rounds; Philox
+    counter ``(stream * ROUNDS + r) * n + offs``). Boost for alpha < 1: ``G(a) = G(a + 1) U^(1/a)``,
+    added in log space (no underflow for tiny alpha)."""
+    log_d = tl.log(tl.zeros(offs.shape, tl.float32) + d)
+    log_g = log_d  # fallback: G = d
+    done = offs < 0
+    for r in range(ROUNDS):
+        u0, u1, u2, _ = tl.rand4x(seed, offs + (stream * ROUNDS + r) * n)
+        x = tl.sqrt(-2.0 * tl.log(1.0 - u0)) * tl.cos(6.283185307179586 * u1)  # Box-Muller, 1 - u0 in (0, 1]
+        t = 1.0 + c * x
+        v = t * t * t
+        log_v = tl.log(tl.where(v > 0.0, v, 1.0))
+        accept = (v > 0.0) & (tl.log(1.0 - u2) < 0.5 * x * x + d - d * v + d * log_v) & (~done)
+        log_g = tl.where(accept, log_d + log_v, log_g)
+        done = done | accept
+    if BOOST:
+        log_g = log_g + tl.log(1.0 - tl.rand(seed, offs + (2 * ROUNDS + stream) * n)) * inv_alpha
+    return log_g
+
+
+@triton.jit
+def beta_draw(seed, offs, n, d, c, inv_alpha, BOOST: tl.constexpr, ROUNDS: tl.constexpr):
+    """``b ~ Beta(alpha, alpha) = G1 / (G1 + G2) = sigmoid(log G1 - log G2)`` per lane, fp32."""
+    lg1 = _log_gamma(seed, offs, n, 0, d, c, inv_alpha, BOOST, ROUNDS)
+    lg2 = _log_gamma(seed, offs, n, 1, d, c, inv_alpha, BOOST, ROUNDS)
+    return 1.0 / (1.0 + tl.exp(lg2 - lg1))
+
+
+@triton.jit
+def _plan_kernel(loss_ptr, pool_ptr, ma_ptr, params_ptr, beta_ptr, seed_ptr, hist_ptr, v_ptr, lam_ptr, cdf_ptr,
+                 bsum_ptr, ma_out_ptr, n, n_pool, k, decay, span, gamma_d, gamma_c, inv_alpha, MODE: tl.constexpr,
+                 MIX: tl.constexpr, PRESELECTED: tl.constexpr, DRAW: tl.constexpr, BOOST: tl.constexpr,
+                 ROUNDS: tl.constexpr, BLOCK: tl.constexpr):
     """Program p handles examples [p * span, (p + 1) * span); its CDF is local to that span and
     its total goes to ``bsum[p]``. The percentile is of ``pool`` [n_pool] (the losses themselves,
-    or e.g. the all-gathered losses of a distributed batch)."""
+    or e.g. the all-gathered losses of a distributed batch). ``DRAW``: the Beta factors are drawn
+    here from the Philox seed ``seed[0]`` instead of read from ``beta``."""
     pid = tl.program_id(0)
+    if DRAW:
+        seed = tl.load(seed_ptr)
     ma_new = selected_moving_average(pool_ptr, n_pool, k, hist_ptr, ma_ptr, ma_out_ptr, decay, PRESELECTED, BLOCK)
     carry = 0.0
     lo = pid * span
@@ -48,7 +101,10 @@ def _plan_kernel(loss_ptr, pool_ptr, ma_ptr, params_ptr, beta_ptr, hist_ptr, v_p
         v = row_weights(loss, ma_new, params_ptr, MODE)
         tl.store(v_ptr + offs, v, mask=inb)
         if MIX:
-            b = tl.load(beta_ptr + offs, mask=inb, other=0.5).to(tl.float32)
+            if DRAW:
+                b = beta_draw(seed, offs, n, gamma_d, gamma_c, inv_alpha, BOOST, ROUNDS)
+            else:
+                b = tl.load(beta_ptr + offs, mask=inb, other=0.5).to(tl.float32)
             lam = tl.maximum(b, 1.0 - b)
             tl.store(lam_ptr + offs, tl.where(v >= 0.5, lam, 1.0 - lam), mask=inb)
             e = tl.where(inb, tl.exp(v), 0.0)
@@ -70,13 +126,19 @@ def _block_scan_kernel(bsum_ptr, g, BLOCK: tl.constexpr):
 
 
 @triton.jit
-def _partner_kernel(cdf_ptr, bincl_ptr, uniform_ptr, partner_ptr, n, g, span, n_iter, BLOCK: tl.constexpr):
+def _partner_kernel(cdf_ptr, bincl_ptr, uniform_ptr, seed_ptr, partner_ptr, n, g, span, n_iter,
+                    DRAW: tl.constexpr, BLOCK: tl.constexpr):
     """``CDF(i) = cdf_local[i] + bincl[i // span - 1]`` (0 in the first span); binary search of
-    ``u * total`` for the first index whose CDF exceeds it."""
+    ``u * total`` for the first index whose CDF exceeds it. ``DRAW``: ``u_i = tl.rand(seed[1], i)``
+    instead of a load from ``uniform``."""
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     inb = offs < n
     total = tl.load(bincl_ptr + g - 1)
-    t = tl.load(uniform_ptr + offs, mask=inb, other=0.0).to(tl.float32) * total
+    if DRAW:
+        u = tl.rand(tl.load(seed_ptr + 1), offs)
+    else:
+        u = tl.load(uniform_ptr + offs, mask=inb, other=0.0).to(tl.float32)
+    t = u * total
     lo = tl.zeros([BLOCK], tl.int64)
     hi = tl.zeros([BLOCK], tl.int64) + n
     for _ in range(n_iter):
@@ -104,9 +166,15 @@ def per_sample_ce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return loss
 
 
-def plan(values, pool, loss_ma, params, uniform, beta, *, rank: int, decay: float, mode: int, mix: bool):
+def plan(values, pool, loss_ma, params, uniform, beta, *, rank: int, decay: float, mode: int, mix: bool,
+         seed=None, alpha: float = 0.0):
     """Steps 3-6 on per-example losses ``values`` [B] f32, the percentile (ascending ``rank``) taken
-    over ``pool`` [N] f32 (``pool is values`` normally). Returns ``(v, partner, lam, ma')``."""
+    over ``pool`` [N] f32 (``pool is values`` normally). Returns ``(v, partner, lam, ma')``.
+
+    ``seed`` (int64 [2], with ``alpha``): draw ``b ~ Beta(alpha, alpha)`` and ``u`` in the kernels
+    (``uniform``/``beta`` are then ignored); None: use ``uniform`` and ``beta``."""
+    draw = mix and seed is not None
+    gamma_d, gamma_c, inv_alpha, boost = gamma_constants(alpha) if draw else (1.0, 1.0, 1.0, False)
     batch = values.shape[0]
     device = values.device
     f32 = dict(dtype=torch.float32, device=device)
@@ -122,27 +190,32 @@ def plan(values, pool, loss_ma, params, uniform, beta, *, rank: int, decay: floa
     preselected = grid > 1 or pool.numel() > _shared.SMALL_B_MAX
     hist = _shared.radix_histograms(pool, rank) if preselected else values
     bsum = torch.empty(grid if mix else 0, **f32)
-    _plan_kernel[(grid,)](values, pool, loss_ma, params, beta if mix else v, hist, v, lam, cdf if mix else v,
-                          bsum if mix else v, ma_new, batch, pool.numel(), rank, decay, span,
-                          MODE=mode, MIX=mix, PRESELECTED=preselected, BLOCK=block, num_warps=8)
+    _plan_kernel[(grid,)](values, pool, loss_ma, params, beta if mix and not draw else v,
+                          seed if draw else v, hist, v, lam, cdf if mix else v, bsum if mix else v, ma_new, batch,
+                          pool.numel(), rank, decay, span, gamma_d, gamma_c, inv_alpha, MODE=mode, MIX=mix,
+                          PRESELECTED=preselected, DRAW=draw, BOOST=boost, ROUNDS=GAMMA_ROUNDS, BLOCK=block,
+                          num_warps=8)
     if not mix:
         return v, torch.arange(batch, device=device), lam, ma_new
     if grid > 1:
         _block_scan_kernel[(1,)](bsum, grid, BLOCK=1024)
     partner = torch.empty(batch, dtype=torch.int64, device=device)
     search_block = 1024
-    _partner_kernel[(triton.cdiv(batch, search_block),)](cdf, bsum, uniform, partner, batch, grid, span,
-                                                         batch.bit_length(), BLOCK=search_block)
+    _partner_kernel[(triton.cdiv(batch, search_block),)](cdf, bsum, bsum if draw else uniform, seed if draw else bsum,
+                                                         partner, batch, grid, span, batch.bit_length(), DRAW=draw,
+                                                         BLOCK=search_block)
     return v, partner, lam, ma_new
 
 
 def weights_and_sample(logits, target, loss_ma, params, uniform, beta, *, rank: int, decay: float, mode: int,
-                       mix: bool):
+                       mix: bool, seed=None, alpha: float = 0.0):
     """Steps 2-6. Returns ``(loss [B] f32, v [B] f32, partner [B] i64, lam [B] f32, ma' [] f32)``.
 
     ``rank``: the ascending rank of the percentile (``reference.percentile_rank(B, p)``);
     ``params``: the folded weighting parameters (see ``_shared``); ``mode``: 0 threshold, 1
-    MentorNet; ``mix``: False when alpha <= 0 (then ``partner = arange(B)``, ``lam = 1``).
+    MentorNet; ``mix``: False when alpha <= 0 (then ``partner = arange(B)``, ``lam = 1``);
+    ``seed``/``alpha``: in-kernel draws (see :func:`plan`).
     """
     loss = per_sample_ce(logits, target)
-    return (loss,) + plan(loss, loss, loss_ma, params, uniform, beta, rank=rank, decay=decay, mode=mode, mix=mix)
+    return (loss,) + plan(loss, loss, loss_ma, params, uniform, beta, rank=rank, decay=decay, mode=mode, mix=mix,
+                          seed=seed, alpha=alpha)

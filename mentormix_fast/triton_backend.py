@@ -13,9 +13,14 @@ Ops (namespace ``mentormix_fast``), each with a fake (meta) implementation so th
   where the user's gather runs: ``triton_ce``, ``triton_plan(values, pool, ...)`` and
   ``triton_mixed_ce`` (differentiable; same one-read forward, one-read-one-write backward).
 
-Randomness: the backend draws ``u ~ U[0, 1)`` (fp64) and ``b ~ Beta(alpha, alpha)`` with torch from
-the MentorMix generator, in the same order as the reference backend, so both backends see the same
-draws for the same seed; the kernels consume them. The weighting (threshold or a MentorNet) is
+Randomness: per step the backend takes two int64 Philox seeds from the MentorMix generator with one
+``torch.randint`` on the device (no host sync; CUDA-graph safe: the generator's offset advances on
+every replay), and the kernels draw ``b ~ Beta(alpha, alpha)`` (Marsaglia-Tsang gamma draws) and
+``u ~ U[0, 1)`` (Philox, ``tl.rand``) per example. Same seed, same steps (and the same draws
+whatever the batch layout), but NOT the reference backend's stream: the two backends agree in
+distribution, not draw for draw (like the C++ backend). Explicit ``uniform``/``beta`` arguments
+are still used as given (tests compare with the reference on identical draws); when only one of
+them is given the other is drawn with torch, in the reference's order. The weighting (threshold or a MentorNet) is
 folded on the device, with torch ops and no host sync, into a per-epoch table of small fp32 vectors
 (cached); a step passes row ``e`` as ``params`` (layout in ``kernels/_shared.py``).
 
@@ -130,14 +135,16 @@ def _register_ops() -> None:
     @torch.library.custom_op(f"{lib}::triton_weights_and_sample", mutates_args=())
     def weights_and_sample_op(logits: torch.Tensor, target: torch.Tensor, loss_ma: torch.Tensor,
                               params: torch.Tensor, uniform: torch.Tensor, beta: torch.Tensor, percentile: float,
-                              decay: float, mode: int, mix: bool
+                              decay: float, mode: int, mix: bool, seed: torch.Tensor | None = None,
+                              alpha: float = 0.0
                               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         rank = reference.percentile_rank(logits.shape[0], percentile)
         return _ws_k.weights_and_sample(logits, target.contiguous(), loss_ma.contiguous(), params, uniform.contiguous(),
-                                        beta.contiguous(), rank=rank, decay=decay, mode=mode, mix=mix)
+                                        beta.contiguous(), rank=rank, decay=decay, mode=mode, mix=mix,
+                                        seed=None if seed is None else seed.contiguous(), alpha=alpha)
 
     @weights_and_sample_op.register_fake
-    def _(logits, target, loss_ma, params, uniform, beta, percentile, decay, mode, mix):
+    def _(logits, target, loss_ma, params, uniform, beta, percentile, decay, mode, mix, seed=None, alpha=0.0):
         b = logits.shape[0]
         f = dict(dtype=torch.float32, device=logits.device)
         return (logits.new_empty(b, **f), logits.new_empty(b, **f),
@@ -198,11 +205,13 @@ def _register_ops() -> None:
         _, _, lse, weights = output
         ctx.save_for_backward(logits, target, partner, lam, lse, weights)
         ctx.mark_non_differentiable(*output[1:])
+        # The other outputs are non-differentiable: no zero-filled gradients for them (3 launches).
+        ctx.set_materialize_grads(False)
 
     def loss_backward(ctx, grad_loss, grad_ma, grad_lse, grad_w):
         logits, target, partner, lam, lse, weights = ctx.saved_tensors
         grad = None
-        if ctx.needs_input_grad[0]:
+        if ctx.needs_input_grad[0] and grad_loss is not None:
             grad = torch.ops.mentormix_fast.triton_mixed_loss_backward(grad_loss, logits, target, partner, lam, lse,
                                                                        weights)
         return grad, None, None, None, None, None, None, None, None, None
@@ -220,14 +229,16 @@ def _register_ops() -> None:
 
     @torch.library.custom_op(f"{lib}::triton_plan", mutates_args=())
     def plan_op(values: torch.Tensor, pool: torch.Tensor, loss_ma: torch.Tensor, params: torch.Tensor,
-                uniform: torch.Tensor, beta: torch.Tensor, percentile: float, decay: float, mode: int, mix: bool
+                uniform: torch.Tensor, beta: torch.Tensor, percentile: float, decay: float, mode: int, mix: bool,
+                seed: torch.Tensor | None = None, alpha: float = 0.0
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         rank = reference.percentile_rank(pool.shape[0], percentile)
         return _ws_k.plan(values.contiguous(), pool.contiguous(), loss_ma.contiguous(), params, uniform.contiguous(),
-                          beta.contiguous(), rank=rank, decay=decay, mode=mode, mix=mix)
+                          beta.contiguous(), rank=rank, decay=decay, mode=mode, mix=mix,
+                          seed=None if seed is None else seed.contiguous(), alpha=alpha)
 
     @plan_op.register_fake
-    def _(values, pool, loss_ma, params, uniform, beta, percentile, decay, mode, mix):
+    def _(values, pool, loss_ma, params, uniform, beta, percentile, decay, mode, mix, seed=None, alpha=0.0):
         b = values.shape[0]
         return (values.new_empty(b), values.new_empty(b, dtype=torch.int64), values.new_empty(b),
                 values.new_empty(()))
@@ -245,11 +256,12 @@ def _register_ops() -> None:
     def mixed_ce_setup(ctx, inputs, output):
         ctx.save_for_backward(*inputs, output[1])
         ctx.mark_non_differentiable(output[1])
+        ctx.set_materialize_grads(False)
 
     def mixed_ce_backward(ctx, grad_m, grad_lse):
         logits, target, partner, lam, lse = ctx.saved_tensors
         grad = None
-        if ctx.needs_input_grad[0]:
+        if ctx.needs_input_grad[0] and grad_m is not None:
             one = torch.ones((), dtype=torch.float32, device=logits.device)
             grad = torch.ops.mentormix_fast.triton_mixed_loss_backward(one, logits, target, partner, lam, lse,
                                                                        grad_m.float(), True)
@@ -286,13 +298,19 @@ class TritonBackend:
                                                       uniform, beta, percentile_gather=percentile_gather)
         batch, device = logits.shape[0], logits.device
         mix = config.mixup_alpha > 0
-        if mix:
-            # Same draws, in the same order, as the reference backend.
+        seed = None
+        if mix and uniform is None and beta is None:
+            # In-kernel draws: one launch takes the step's two Philox seeds from the generator.
+            seed = torch.randint(0, 2**62, (2,), generator=generator, device=device, dtype=torch.int64)
+            uniform = beta = torch.empty(0, dtype=torch.float32, device=device)
+        elif mix:
+            # Explicit draws (one of them may be missing: drawn as the reference backend does).
             uniform = reference.draw_uniform(batch, generator, device) if uniform is None else uniform
             beta = reference.draw_beta(config.mixup_alpha, batch, generator, device) if beta is None else beta
             uniform, beta = uniform.to(torch.float64), beta.to(torch.float32)
         else:
             uniform = beta = torch.empty(0, dtype=torch.float32, device=device)
+        alpha = float(config.mixup_alpha)
         params, mode = fold_weighting(weighting, epoch, config.burn_in_epoch, device)
         if percentile_gather is not None:
             # The percentile of other values than the local losses (e.g. all-gathered): split the step.
@@ -300,11 +318,11 @@ class TritonBackend:
             pool = percentile_gather(loss).to(torch.float32)
             v, partner, lam, new_ma = torch.ops.mentormix_fast.triton_plan(
                 loss, pool, loss_ma.to(torch.float32), params, uniform, beta, config.percentile,
-                config.loss_ma_decay, mode, mix)
+                config.loss_ma_decay, mode, mix, seed, alpha)
             return reference.WeightsAndSample(loss, v, partner, lam, new_ma)
         out = torch.ops.mentormix_fast.triton_weights_and_sample(
             logits, target.to(torch.int64), loss_ma.to(torch.float32), params, uniform, beta,
-            config.percentile, config.loss_ma_decay, mode, mix)
+            config.percentile, config.loss_ma_decay, mode, mix, seed, alpha)
         return reference.WeightsAndSample(*out)
 
     def mix(self, x, partner, lam):

@@ -8,8 +8,10 @@ logits' dtype with that dtype's tolerance.
 
 from __future__ import annotations
 
+import contextlib
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -328,14 +330,79 @@ def test_lambda_follows_folded_beta():
     assert stats.kstest(1 - lo, folded).pvalue > 1e-3
 
 
-def test_same_seed_same_draws_as_reference_backend():
-    tri, rb = backends_on(DEVICE)
+def test_lambda_follows_folded_beta_small_alpha():
+    """alpha < 1: the in-kernel gamma draws use the boost G(a) = G(a + 1) U^(1/a) (in log space)."""
+    stats = pytest.importorskip("scipy.stats")
+    tri, _ = backends_on(DEVICE)
+    b = 2048
+    z, y, _, _ = batch(b, 3, torch.float32, DEVICE)
+    for alpha in (0.4, 0.05):
+        gen = torch.Generator(device=DEVICE).manual_seed(13)
+        out = tri.weights_and_sample(z, y, torch.tensor(0.0, device=DEVICE), 50,
+                                     cfg(mixup_alpha=alpha, percentile=0.5), "threshold", gen)
+        lam, v = out.lam.cpu().double().numpy(), out.weights.cpu().numpy()
+        assert math.isfinite(lam.sum()) and (lam >= 0).all() and (lam <= 1).all()
+        sample = np.concatenate([lam[v >= 0.5], 1 - lam[v < 0.5]])
+        # E[(2 b - 1)^2] = 4 Var(b) = 1 / (2 alpha + 1) (also for the folded max(b, 1 - b)).
+        assert abs(np.mean((2 * sample - 1) ** 2) - 1 / (2 * alpha + 1)) < 0.03
+        if alpha >= 0.1:  # tinier alpha: fp32 rounds much of the mass to exactly 0 or 1 (atoms; no KS)
+            folded = lambda x, a=alpha: 2 * stats.beta.cdf(x, a, a) - 1
+            assert stats.kstest(sample, folded).pvalue > 1e-3
+
+
+def test_same_seed_same_draws():
+    """In-kernel draws: same generator seed, same partners and lam (whatever the program layout);
+    another seed, other draws; the generator advances from step to step."""
+    tri, _ = backends_on(DEVICE)
     z, y, _, _ = batch(64, 10, torch.float32, DEVICE)
     ma = torch.tensor(0.0, device=DEVICE)
-    got = tri.weights_and_sample(z, y, ma, 50, cfg(), "threshold", torch.Generator(device=DEVICE).manual_seed(4))
-    want = rb.weights_and_sample(z, y, ma, 50, cfg(), "threshold", torch.Generator(device=DEVICE).manual_seed(4))
-    torch.testing.assert_close(got.lam, want.lam)
-    assert (got.partner == want.partner).float().mean() > 0.95
+
+    def run(seed, steps=1):
+        gen = torch.Generator(device=DEVICE).manual_seed(seed)
+        return [tri.weights_and_sample(z, y, ma, 50, cfg(), "threshold", gen) for _ in range(steps)]
+
+    a, b = run(4), run(4)
+    assert torch.equal(a[0].lam, b[0].lam) and torch.equal(a[0].partner, b[0].partner)
+    c = run(5)[0]
+    assert not torch.equal(a[0].lam, c.lam)
+    s1, s2 = run(4, 2)
+    assert torch.equal(s1.lam, a[0].lam) and not torch.equal(s1.lam, s2.lam)
+
+
+def test_same_draws_many_programs(monkeypatch):
+    """The Philox counters are the example indices: one program or many give the same draws."""
+    from mentormix_fast.kernels import _shared
+
+    tri, _ = backends_on(DEVICE)
+    z, y, _, _ = batch(200, 5, torch.float32, DEVICE)
+    ma = torch.tensor(0.0, device=DEVICE)
+    one = tri.weights_and_sample(z, y, ma, 50, cfg(), "threshold", torch.Generator(device=DEVICE).manual_seed(3))
+    monkeypatch.setattr(_shared, "SMALL_B_MAX", 16)
+    monkeypatch.setattr(_shared, "LARGE_BLOCK", 256)
+    many = tri.weights_and_sample(z, y, ma, 50, cfg(), "threshold", torch.Generator(device=DEVICE).manual_seed(3))
+    torch.testing.assert_close(one.lam, many.lam, rtol=0, atol=0)
+    assert (one.partner == many.partner).float().mean() > 0.98
+
+
+@contextlib.contextmanager
+def reference_draws():
+    """The Triton backend given the reference backend's draws (explicit ``uniform``/``beta`` from
+    the module's generator, in the reference's order): the module end to end on identical draws."""
+    from mentormix_fast.triton_backend import TritonBackend
+
+    orig = TritonBackend.weights_and_sample
+
+    def patched(self, logits, target, loss_ma, epoch, config, weighting, generator, uniform=None, beta=None, **kw):
+        if config.mixup_alpha > 0 and uniform is None and beta is None:
+            uniform = ref.draw_uniform(logits.shape[0], generator, logits.device)
+            beta = ref.draw_beta(config.mixup_alpha, logits.shape[0], generator, logits.device)
+        return orig(self, logits, target, loss_ma, epoch, config, weighting, generator, uniform, beta, **kw)
+
+    TritonBackend.weights_and_sample = patched
+    try:
+        yield
+    finally:
+        TritonBackend.weights_and_sample = orig
 
 
 def _train(backend, steps, device, second_reweight=True, dtype=torch.float32):
@@ -359,11 +426,20 @@ def _train(backend, steps, device, second_reweight=True, dtype=torch.float32):
 
 
 def test_module_with_triton_backend_tracks_reference():
-    lt, mt = _train("triton", 12, DEVICE)
+    with reference_draws():
+        lt, mt = _train("triton", 12, DEVICE)
     lr, mr = _train("reference", 12, DEVICE)
     torch.testing.assert_close(lt, lr, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(mt.loss_ma, mr.loss_ma, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(mt.loss_ma_mixed, mr.loss_ma_mixed, rtol=1e-4, atol=1e-5)
+
+
+def test_module_with_triton_backend_same_seed_same_steps():
+    """In-kernel draws: the module's generator seed fixes the whole run."""
+    la, ma = _train("triton", 4, DEVICE)
+    lb, mb = _train("triton", 4, DEVICE)
+    assert torch.equal(la, lb) and torch.equal(ma.loss_ma_mixed, mb.loss_ma_mixed)
+    assert torch.isfinite(la).all()
 
 
 def test_auto_never_picks_the_interpreter():
