@@ -254,6 +254,21 @@ def radix_histograms(values, rank: int):
 
 
 @triton.jit
+def params_row(params_ptr, epoch_ptr, EPOCH: tl.constexpr):
+    """The step's parameter vector: ``params_ptr`` itself, or with ``EPOCH`` row
+    ``clamp(epoch[0], 0, 99)`` of the [100, PARAMS_SIZE] table (the epoch read on the device: no
+    torch gather launch for an epoch tensor)."""
+    if EPOCH:
+        e = tl.load(epoch_ptr).to(tl.int64)
+        e = tl.minimum(tl.maximum(e, 0), 99)
+        params_ptr = params_ptr + e * 93  # PARAMS_SIZE (asserted below)
+    return params_ptr
+
+
+assert PARAMS_SIZE == 93
+
+
+@triton.jit
 def row_weights(loss, ma, params_ptr, MODE: tl.constexpr):
     """Step-4 weights of a block of losses against the moving average ``ma`` (then burn-in).
 

@@ -30,16 +30,18 @@ import triton
 import triton.language as tl
 
 from . import _shared
-from ._shared import ce_rows_kernel, reduce_block, row_tiling, row_weights, selected_moving_average
+from ._shared import ce_rows_kernel, params_row, reduce_block, row_tiling, row_weights, selected_moving_average
 
 
 @triton.jit
 def _reduce_kernel(m_ptr, ma_ptr, params_ptr, hist_ptr, w_ptr, ma_out_ptr, part_ptr, loss_ptr, n, k, decay, span,
-                   MODE: tl.constexpr, REWEIGHT: tl.constexpr, PRESELECTED: tl.constexpr, SINGLE: tl.constexpr,
-                   BLOCK: tl.constexpr):
+                   epoch_ptr, MODE: tl.constexpr, REWEIGHT: tl.constexpr, PRESELECTED: tl.constexpr,
+                   SINGLE: tl.constexpr, EPOCH: tl.constexpr, BLOCK: tl.constexpr):
     """Program p sums ``w_i m_i`` over [p * span, (p + 1) * span) (w = v2 or 1); SINGLE (one
-    program): writes the loss, otherwise the partial sum ``part[p]`` for :func:`_sum_kernel`."""
+    program): writes the loss, otherwise the partial sum ``part[p]`` for :func:`_sum_kernel`.
+    ``EPOCH``: ``params`` is the [100, 93] table and ``epoch[0]`` selects the row."""
     pid = tl.program_id(0)
+    params_ptr = params_row(params_ptr, epoch_ptr, EPOCH)
     lo = pid * span
     hi = tl.minimum(lo + span, n)
     acc = tl.zeros([BLOCK], tl.float32)
@@ -107,8 +109,9 @@ def _grad_kernel(z_ptr, stride_z, lse_ptr, target_ptr, partner_ptr, lam_ptr, w_p
 
 
 def mixed_loss_forward(logits, target, partner, lam, loss_ma_mixed, params, *, rank: int, decay: float, mode: int,
-                       second_reweight: bool):
-    """Returns ``(loss [] f32, ma2' [] f32, lse [B] f32, w [B] f32 or [0])``; one read of logits."""
+                       second_reweight: bool, epoch=None):
+    """Returns ``(loss [] f32, ma2' [] f32, lse [B] f32, w [B] f32 or [0])``; one read of logits.
+    ``epoch`` (integer tensor of one element): ``params`` is the [100, 93] table, row read in the kernel."""
     batch = logits.shape[0]
     device = logits.device
     m, lse = mixed_ce(logits, target, partner, lam)
@@ -123,8 +126,9 @@ def mixed_loss_forward(logits, target, partner, lam, loss_ma_mixed, params, *, r
         hist = _shared.radix_histograms(m, rank) if second_reweight else m
     part = torch.empty(grid, dtype=torch.float32, device=device)
     _reduce_kernel[(grid,)](m, loss_ma_mixed, params, hist, w if second_reweight else m, ma_new, part, loss, batch,
-                            rank, decay, span, MODE=mode, REWEIGHT=second_reweight, PRESELECTED=grid > 1,
-                            SINGLE=grid == 1, BLOCK=block, num_warps=8)
+                            rank, decay, span, m if epoch is None else epoch, MODE=mode, REWEIGHT=second_reweight,
+                            PRESELECTED=grid > 1, SINGLE=grid == 1, EPOCH=epoch is not None, BLOCK=block,
+                            num_warps=8)
     if grid > 1:
         _sum_kernel[(1,)](part, loss, grid, batch, BLOCK=1024)
     return loss, ma_new, lse, w

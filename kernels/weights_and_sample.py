@@ -11,8 +11,9 @@ No host synchronisation; the [B, K] logits are read once (launch 1), the rest is
    four radix passes over programs of ``LARGE_BLOCK`` (atomic global histograms), then
    :func:`_plan_kernel` over the same blocks (each program derives q from the histograms, scans
    its block) and :func:`_block_scan_kernel` (inclusive scan of the block sums).
-3. :func:`_partner_kernel` (grid over B): ``j_i`` = the first index with ``c_j > u_i c_{B-1}``
-   by binary search, i.e. ``searchsorted(cdf, u * total, right=True)`` as in the reference.
+3. ``j_i`` = the first index with ``c_j > u_i c_{B-1}`` by binary search, i.e.
+   ``searchsorted(cdf, u * total, right=True)`` as in the reference: small B in the same single
+   program after a barrier (steps 3-6 in ONE launch); large B in :func:`_partner_kernel` (grid over B).
 
 Randomness: by default the kernels draw (``DRAW``): the caller takes two int64 Philox seeds per
 step from the MentorMix generator with ONE torch launch (``torch.randint``, on the device, no host
@@ -31,7 +32,7 @@ import triton
 import triton.language as tl
 
 from . import _shared
-from ._shared import ce_rows_kernel, reduce_block, row_tiling, row_weights, selected_moving_average
+from ._shared import ce_rows_kernel, params_row, reduce_block, row_tiling, row_weights, selected_moving_average
 
 # Marsaglia-Tsang rejection rounds per gamma draw. The acceptance rate is >= 0.95 for shape >= 1
 # (alpha < 1 is boosted to alpha + 1), so all rounds fail with probability < 0.05^8 ~ 4e-11; the
@@ -79,15 +80,19 @@ def beta_draw(seed, offs, n, d, c, inv_alpha, BOOST: tl.constexpr, ROUNDS: tl.co
 
 
 @triton.jit
-def _plan_kernel(loss_ptr, pool_ptr, ma_ptr, params_ptr, beta_ptr, seed_ptr, hist_ptr, v_ptr, lam_ptr, cdf_ptr,
-                 bsum_ptr, ma_out_ptr, n, n_pool, k, decay, span, gamma_d, gamma_c, inv_alpha, MODE: tl.constexpr,
-                 MIX: tl.constexpr, PRESELECTED: tl.constexpr, DRAW: tl.constexpr, BOOST: tl.constexpr,
-                 ROUNDS: tl.constexpr, BLOCK: tl.constexpr):
+def _plan_kernel(loss_ptr, pool_ptr, ma_ptr, params_ptr, beta_ptr, uniform_ptr, seed_ptr, hist_ptr, v_ptr, lam_ptr,
+                 cdf_ptr, bsum_ptr, partner_ptr, ma_out_ptr, n, n_pool, k, decay, span, n_iter, gamma_d, gamma_c,
+                 inv_alpha, epoch_ptr, MODE: tl.constexpr, MIX: tl.constexpr, PRESELECTED: tl.constexpr,
+                 DRAW: tl.constexpr, BOOST: tl.constexpr, ROUNDS: tl.constexpr, SEARCH: tl.constexpr,
+                 EPOCH: tl.constexpr, BLOCK: tl.constexpr):
     """Program p handles examples [p * span, (p + 1) * span); its CDF is local to that span and
     its total goes to ``bsum[p]``. The percentile is of ``pool`` [n_pool] (the losses themselves,
     or e.g. the all-gathered losses of a distributed batch). ``DRAW``: the Beta factors are drawn
-    here from the Philox seed ``seed[0]`` instead of read from ``beta``."""
+    here from the Philox seed ``seed[0]`` instead of read from ``beta``. ``SEARCH`` (one program
+    holds the whole batch): the partner search too, after a barrier (no :func:`_partner_kernel`).
+    ``EPOCH``: ``params`` is the [100, 93] table and ``epoch[0]`` selects the row."""
     pid = tl.program_id(0)
+    params_ptr = params_row(params_ptr, epoch_ptr, EPOCH)
     if DRAW:
         seed = tl.load(seed_ptr)
     ma_new = selected_moving_average(pool_ptr, n_pool, k, hist_ptr, ma_ptr, ma_out_ptr, decay, PRESELECTED, BLOCK)
@@ -112,6 +117,43 @@ def _plan_kernel(loss_ptr, pool_ptr, ma_ptr, params_ptr, beta_ptr, seed_ptr, his
             carry = carry + tl.sum(e, 0)
     if MIX:
         tl.store(bsum_ptr + pid, carry)
+    if SEARCH:
+        tl.debug_barrier()  # the CDF stores above are visible to every thread of the program
+        for start in range(0, n, BLOCK):
+            offs = start + tl.arange(0, BLOCK)
+            inb = offs < n
+            t = _uniform(uniform_ptr, seed_ptr, offs, inb, DRAW) * carry
+            part = _search(cdf_ptr, bsum_ptr, offs, inb, t, n, span, n_iter, False)
+            tl.store(partner_ptr + offs, part, mask=inb)
+
+
+@triton.jit
+def _uniform(uniform_ptr, seed_ptr, offs, inb, DRAW: tl.constexpr):
+    """``u_i``: ``tl.rand(seed[1], i)`` (DRAW) or loaded from ``uniform`` (fp64 -> fp32)."""
+    if DRAW:
+        u = tl.rand(tl.load(seed_ptr + 1), offs)
+    else:
+        u = tl.load(uniform_ptr + offs, mask=inb, other=0.0).to(tl.float32)
+    return u
+
+
+@triton.jit
+def _search(cdf_ptr, bincl_ptr, offs, inb, t, n, span, n_iter, BLOCKS: tl.constexpr):
+    """The first index whose ``CDF(i) = cdf_local[i] (+ bincl[i // span - 1] when BLOCKS)`` exceeds
+    ``t`` (binary search, ``n_iter`` = bit length of n), clamped to n - 1."""
+    lo = tl.zeros(offs.shape, tl.int64)
+    hi = tl.zeros(offs.shape, tl.int64) + n
+    for _ in range(n_iter):
+        active = (lo < hi) & inb
+        mid = (lo + hi) // 2
+        c = tl.load(cdf_ptr + mid, mask=active, other=0.0)
+        if BLOCKS:
+            blk = mid // span
+            c += tl.load(bincl_ptr + blk - 1, mask=active & (blk > 0), other=0.0)
+        right = c <= t
+        lo = tl.where(active & right, mid + 1, lo)
+        hi = tl.where(active & (~right), mid, hi)
+    return tl.minimum(lo, n - 1)
 
 
 @triton.jit
@@ -133,24 +175,8 @@ def _partner_kernel(cdf_ptr, bincl_ptr, uniform_ptr, seed_ptr, partner_ptr, n, g
     instead of a load from ``uniform``."""
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     inb = offs < n
-    total = tl.load(bincl_ptr + g - 1)
-    if DRAW:
-        u = tl.rand(tl.load(seed_ptr + 1), offs)
-    else:
-        u = tl.load(uniform_ptr + offs, mask=inb, other=0.0).to(tl.float32)
-    t = u * total
-    lo = tl.zeros([BLOCK], tl.int64)
-    hi = tl.zeros([BLOCK], tl.int64) + n
-    for _ in range(n_iter):
-        active = (lo < hi) & inb
-        mid = (lo + hi) // 2
-        blk = mid // span
-        c = tl.load(cdf_ptr + mid, mask=active, other=0.0) + \
-            tl.load(bincl_ptr + blk - 1, mask=active & (blk > 0), other=0.0)
-        right = c <= t
-        lo = tl.where(active & right, mid + 1, lo)
-        hi = tl.where(active & (~right), mid, hi)
-    tl.store(partner_ptr + offs, tl.minimum(lo, n - 1), mask=inb)
+    t = _uniform(uniform_ptr, seed_ptr, offs, inb, DRAW) * tl.load(bincl_ptr + g - 1)
+    tl.store(partner_ptr + offs, _search(cdf_ptr, bincl_ptr, offs, inb, t, n, span, n_iter, True), mask=inb)
 
 
 def per_sample_ce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -167,12 +193,13 @@ def per_sample_ce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 def plan(values, pool, loss_ma, params, uniform, beta, *, rank: int, decay: float, mode: int, mix: bool,
-         seed=None, alpha: float = 0.0):
+         seed=None, alpha: float = 0.0, epoch=None):
     """Steps 3-6 on per-example losses ``values`` [B] f32, the percentile (ascending ``rank``) taken
     over ``pool`` [N] f32 (``pool is values`` normally). Returns ``(v, partner, lam, ma')``.
 
     ``seed`` (int64 [2], with ``alpha``): draw ``b ~ Beta(alpha, alpha)`` and ``u`` in the kernels
-    (``uniform``/``beta`` are then ignored); None: use ``uniform`` and ``beta``."""
+    (``uniform``/``beta`` are then ignored); None: use ``uniform`` and ``beta``. ``epoch`` (an
+    integer tensor of one element): ``params`` is the [100, 93] table, row ``epoch`` read in the kernel."""
     draw = mix and seed is not None
     gamma_d, gamma_c, inv_alpha, boost = gamma_constants(alpha) if draw else (1.0, 1.0, 1.0, False)
     batch = values.shape[0]
@@ -190,16 +217,21 @@ def plan(values, pool, loss_ma, params, uniform, beta, *, rank: int, decay: floa
     preselected = grid > 1 or pool.numel() > _shared.SMALL_B_MAX
     hist = _shared.radix_histograms(pool, rank) if preselected else values
     bsum = torch.empty(grid if mix else 0, **f32)
-    _plan_kernel[(grid,)](values, pool, loss_ma, params, beta if mix and not draw else v,
-                          seed if draw else v, hist, v, lam, cdf if mix else v, bsum if mix else v, ma_new, batch,
-                          pool.numel(), rank, decay, span, gamma_d, gamma_c, inv_alpha, MODE=mode, MIX=mix,
-                          PRESELECTED=preselected, DRAW=draw, BOOST=boost, ROUNDS=GAMMA_ROUNDS, BLOCK=block,
-                          num_warps=8)
+    partner = torch.empty(batch if mix else 0, dtype=torch.int64, device=device)
+    search = mix and grid == 1  # one program: it also searches the partners (no third launch)
+    explicit = mix and not draw
+    _plan_kernel[(grid,)](values, pool, loss_ma, params, beta if explicit else v, uniform if explicit else v,
+                          seed if draw else v, hist, v, lam, cdf if mix else v, bsum if mix else v,
+                          partner if mix else v, ma_new, batch, pool.numel(), rank, decay, span, batch.bit_length(),
+                          gamma_d, gamma_c, inv_alpha, v if epoch is None else epoch, MODE=mode, MIX=mix,
+                          PRESELECTED=preselected, DRAW=draw, BOOST=boost, ROUNDS=GAMMA_ROUNDS, SEARCH=search,
+                          EPOCH=epoch is not None, BLOCK=block, num_warps=8)
     if not mix:
         return v, torch.arange(batch, device=device), lam, ma_new
+    if search:
+        return v, partner, lam, ma_new
     if grid > 1:
         _block_scan_kernel[(1,)](bsum, grid, BLOCK=1024)
-    partner = torch.empty(batch, dtype=torch.int64, device=device)
     search_block = 1024
     _partner_kernel[(triton.cdiv(batch, search_block),)](cdf, bsum, bsum if draw else uniform, seed if draw else bsum,
                                                          partner, batch, grid, span, batch.bit_length(), DRAW=draw,
@@ -208,14 +240,14 @@ def plan(values, pool, loss_ma, params, uniform, beta, *, rank: int, decay: floa
 
 
 def weights_and_sample(logits, target, loss_ma, params, uniform, beta, *, rank: int, decay: float, mode: int,
-                       mix: bool, seed=None, alpha: float = 0.0):
+                       mix: bool, seed=None, alpha: float = 0.0, epoch=None):
     """Steps 2-6. Returns ``(loss [B] f32, v [B] f32, partner [B] i64, lam [B] f32, ma' [] f32)``.
 
     ``rank``: the ascending rank of the percentile (``reference.percentile_rank(B, p)``);
     ``params``: the folded weighting parameters (see ``_shared``); ``mode``: 0 threshold, 1
     MentorNet; ``mix``: False when alpha <= 0 (then ``partner = arange(B)``, ``lam = 1``);
-    ``seed``/``alpha``: in-kernel draws (see :func:`plan`).
+    ``seed``/``alpha``: in-kernel draws, ``epoch``: the table row (see :func:`plan`).
     """
     loss = per_sample_ce(logits, target)
     return (loss,) + plan(loss, loss, loss_ma, params, uniform, beta, rank=rank, decay=decay, mode=mode, mix=mix,
-                          seed=seed, alpha=alpha)
+                          seed=seed, alpha=alpha, epoch=epoch)

@@ -22,7 +22,9 @@ distribution, not draw for draw (like the C++ backend). Explicit ``uniform``/``b
 are still used as given (tests compare with the reference on identical draws); when only one of
 them is given the other is drawn with torch, in the reference's order. The weighting (threshold or a MentorNet) is
 folded on the device, with torch ops and no host sync, into a per-epoch table of small fp32 vectors
-(cached); a step passes row ``e`` as ``params`` (layout in ``kernels/_shared.py``).
+(cached); a step passes row ``e`` as ``params`` for a Python int epoch, or the whole table plus the
+epoch tensor (``epoch`` argument of the ops), whose row the kernels read (layout in
+``kernels/_shared.py``).
 
 Devices: CUDA tensors; CPU tensors only under ``TRITON_INTERPRET=1`` (Triton's interpreter, for
 tests), where ``"auto"`` never picks it. float64 logits fall back to the reference (the mix kernel
@@ -124,6 +126,17 @@ def fold_weighting(weighting, epoch, burn_in_epoch: int, device) -> tuple[torch.
     return table[max(0, min(int(epoch), 99))], mode
 
 
+def _step_params(weighting, epoch, burn_in_epoch: int, device) -> tuple[torch.Tensor, int, torch.Tensor | None]:
+    """``(params, mode, epoch_tensor)`` for the ops: for a Python int, the table row (a view) and
+    None; for an epoch tensor, the whole [100, 93] table and the epoch as one int64 element on the
+    device: the kernels read the row themselves (no clamp/gather launches)."""
+    if isinstance(epoch, torch.Tensor):
+        table, mode = fold_table(weighting, burn_in_epoch, device)
+        return table, mode, epoch.to(device=table.device, dtype=torch.int64).reshape(1)
+    params, mode = fold_weighting(weighting, epoch, burn_in_epoch, device)
+    return params, mode, None
+
+
 # ----------------------------------------------------------------------------------------------
 # torch.library ops
 # ----------------------------------------------------------------------------------------------
@@ -136,15 +149,16 @@ def _register_ops() -> None:
     def weights_and_sample_op(logits: torch.Tensor, target: torch.Tensor, loss_ma: torch.Tensor,
                               params: torch.Tensor, uniform: torch.Tensor, beta: torch.Tensor, percentile: float,
                               decay: float, mode: int, mix: bool, seed: torch.Tensor | None = None,
-                              alpha: float = 0.0
+                              alpha: float = 0.0, epoch: torch.Tensor | None = None
                               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         rank = reference.percentile_rank(logits.shape[0], percentile)
         return _ws_k.weights_and_sample(logits, target.contiguous(), loss_ma.contiguous(), params, uniform.contiguous(),
                                         beta.contiguous(), rank=rank, decay=decay, mode=mode, mix=mix,
-                                        seed=None if seed is None else seed.contiguous(), alpha=alpha)
+                                        seed=None if seed is None else seed.contiguous(), alpha=alpha, epoch=epoch)
 
     @weights_and_sample_op.register_fake
-    def _(logits, target, loss_ma, params, uniform, beta, percentile, decay, mode, mix, seed=None, alpha=0.0):
+    def _(logits, target, loss_ma, params, uniform, beta, percentile, decay, mode, mix, seed=None, alpha=0.0,
+          epoch=None):
         b = logits.shape[0]
         f = dict(dtype=torch.float32, device=logits.device)
         return (logits.new_empty(b, **f), logits.new_empty(b, **f),
@@ -176,14 +190,15 @@ def _register_ops() -> None:
     @torch.library.custom_op(f"{lib}::triton_mixed_loss", mutates_args=())
     def mixed_loss_op(logits: torch.Tensor, target: torch.Tensor, partner: torch.Tensor, lam: torch.Tensor,
                       loss_ma_mixed: torch.Tensor, params: torch.Tensor, percentile: float, decay: float, mode: int,
-                      second_reweight: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+                      second_reweight: bool, epoch: torch.Tensor | None = None
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         rank = reference.percentile_rank(logits.shape[0], percentile)
         return _loss_k.mixed_loss_forward(logits, target.contiguous(), partner.contiguous(), lam.contiguous(),
                                           loss_ma_mixed.contiguous(), params, rank=rank, decay=decay, mode=mode,
-                                          second_reweight=second_reweight)
+                                          second_reweight=second_reweight, epoch=epoch)
 
     @mixed_loss_op.register_fake
-    def _(logits, target, partner, lam, loss_ma_mixed, params, percentile, decay, mode, second_reweight):
+    def _(logits, target, partner, lam, loss_ma_mixed, params, percentile, decay, mode, second_reweight, epoch=None):
         b = logits.shape[0]
         f = dict(dtype=torch.float32, device=logits.device)
         return (logits.new_empty((), **f), logits.new_empty((), **f), logits.new_empty(b, **f),
@@ -214,7 +229,7 @@ def _register_ops() -> None:
         if ctx.needs_input_grad[0] and grad_loss is not None:
             grad = torch.ops.mentormix_fast.triton_mixed_loss_backward(grad_loss, logits, target, partner, lam, lse,
                                                                        weights)
-        return grad, None, None, None, None, None, None, None, None, None
+        return grad, None, None, None, None, None, None, None, None, None, None
 
     mixed_loss_op.register_autograd(loss_backward, setup_context=loss_setup)
 
@@ -230,15 +245,16 @@ def _register_ops() -> None:
     @torch.library.custom_op(f"{lib}::triton_plan", mutates_args=())
     def plan_op(values: torch.Tensor, pool: torch.Tensor, loss_ma: torch.Tensor, params: torch.Tensor,
                 uniform: torch.Tensor, beta: torch.Tensor, percentile: float, decay: float, mode: int, mix: bool,
-                seed: torch.Tensor | None = None, alpha: float = 0.0
+                seed: torch.Tensor | None = None, alpha: float = 0.0, epoch: torch.Tensor | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         rank = reference.percentile_rank(pool.shape[0], percentile)
         return _ws_k.plan(values.contiguous(), pool.contiguous(), loss_ma.contiguous(), params, uniform.contiguous(),
                           beta.contiguous(), rank=rank, decay=decay, mode=mode, mix=mix,
-                          seed=None if seed is None else seed.contiguous(), alpha=alpha)
+                          seed=None if seed is None else seed.contiguous(), alpha=alpha, epoch=epoch)
 
     @plan_op.register_fake
-    def _(values, pool, loss_ma, params, uniform, beta, percentile, decay, mode, mix, seed=None, alpha=0.0):
+    def _(values, pool, loss_ma, params, uniform, beta, percentile, decay, mode, mix, seed=None, alpha=0.0,
+          epoch=None):
         b = values.shape[0]
         return (values.new_empty(b), values.new_empty(b, dtype=torch.int64), values.new_empty(b),
                 values.new_empty(()))
@@ -311,18 +327,18 @@ class TritonBackend:
         else:
             uniform = beta = torch.empty(0, dtype=torch.float32, device=device)
         alpha = float(config.mixup_alpha)
-        params, mode = fold_weighting(weighting, epoch, config.burn_in_epoch, device)
+        params, mode, epoch_t = _step_params(weighting, epoch, config.burn_in_epoch, device)
         if percentile_gather is not None:
             # The percentile of other values than the local losses (e.g. all-gathered): split the step.
             loss = torch.ops.mentormix_fast.triton_ce(logits, target.to(torch.int64))
             pool = percentile_gather(loss).to(torch.float32)
             v, partner, lam, new_ma = torch.ops.mentormix_fast.triton_plan(
                 loss, pool, loss_ma.to(torch.float32), params, uniform, beta, config.percentile,
-                config.loss_ma_decay, mode, mix, seed, alpha)
+                config.loss_ma_decay, mode, mix, seed, alpha, epoch_t)
             return reference.WeightsAndSample(loss, v, partner, lam, new_ma)
         out = torch.ops.mentormix_fast.triton_weights_and_sample(
             logits, target.to(torch.int64), loss_ma.to(torch.float32), params, uniform, beta,
-            config.percentile, config.loss_ma_decay, mode, mix, seed, alpha)
+            config.percentile, config.loss_ma_decay, mode, mix, seed, alpha, epoch_t)
         return reference.WeightsAndSample(*out)
 
     def mix(self, x, partner, lam):
@@ -335,7 +351,7 @@ class TritonBackend:
         if logits.dtype not in _KERNEL_DTYPES:
             return self._reference.mixed_loss(logits, target, partner, lam, loss_ma_mixed, epoch, config, weighting,
                                               percentile_gather=percentile_gather)
-        params, mode = fold_weighting(weighting, epoch, config.burn_in_epoch, logits.device)
+        params, mode, epoch_t = _step_params(weighting, epoch, config.burn_in_epoch, logits.device)
         if percentile_gather is not None and config.second_reweight:
             m, _ = torch.ops.mentormix_fast.triton_mixed_ce(logits, target.to(torch.int64), partner.to(torch.int64),
                                                              lam.to(torch.float32))
@@ -343,12 +359,12 @@ class TritonBackend:
             empty = md.new_empty(0)
             v2, _, _, new_ma = torch.ops.mentormix_fast.triton_plan(
                 md, percentile_gather(md).to(torch.float32), loss_ma_mixed.to(torch.float32), params, empty, empty,
-                config.percentile, config.loss_ma_decay, mode, False)
+                config.percentile, config.loss_ma_decay, mode, False, None, 0.0, epoch_t)
             return (v2 * m).sum() / m.shape[0], new_ma
         loss, new_ma, _, _ = torch.ops.mentormix_fast.triton_mixed_loss(
             logits, target.to(torch.int64), partner.to(torch.int64), lam.to(torch.float32),
             loss_ma_mixed.to(torch.float32), params, config.percentile, config.loss_ma_decay, mode,
-            config.second_reweight)
+            config.second_reweight, epoch_t)
         return loss, new_ma.detach()
 
 
