@@ -58,6 +58,10 @@ def reduce_block() -> int:
 # per-block scans). Module variables so tests can force the many-program path on small batches.
 SMALL_B_MAX = 4096
 LARGE_BLOCK = 1024
+# Small batches with B * K <= FUSE_CE_MAX also do the CE pass over the logits in that one program
+# (one launch less for the first pass and one for the mixed loss): at B = 128 a tile walk of
+# <= 64K logits in one program costs less than a launch.
+FUSE_CE_MAX = 65536
 
 
 @triton.jit
@@ -97,8 +101,16 @@ def ce_rows_kernel(z_ptr, stride_z, target_ptr, partner_ptr, lam_ptr, loss_ptr, 
     ``loss = lse - lam z[y] - (1 - lam) z[y[partner]]`` and ``lse`` is stored for the backward.
     A label outside [0, K) gives a NaN loss; a NaN logit a NaN loss; a +inf logit an inf/NaN loss.
     """
-    pid = tl.program_id(0)
-    rows = pid * ROWS + tl.arange(0, ROWS)
+    ce_rows(z_ptr, stride_z, target_ptr, partner_ptr, lam_ptr, loss_ptr, lse_ptr, B, K, tl.program_id(0) * ROWS,
+            MIXED, ROWS, BLOCK_K)
+
+
+@triton.jit
+def ce_rows(z_ptr, stride_z, target_ptr, partner_ptr, lam_ptr, loss_ptr, lse_ptr, B, K, row0, MIXED: tl.constexpr,
+            ROWS: tl.constexpr, BLOCK_K: tl.constexpr):
+    """The body of :func:`ce_rows_kernel` for rows [row0, row0 + ROWS) (also called in a loop by
+    the single-program kernels that fuse the CE pass at small B * K)."""
+    rows = row0 + tl.arange(0, ROWS)
     row_ok = rows < B
     rows64 = rows.to(tl.int64)
     ya = tl.load(target_ptr + rows64, mask=row_ok, other=0)

@@ -35,9 +35,11 @@ def variants():
     plan_sig = dict(loss_ptr=f32, pool_ptr=f32, ma_ptr=f32, params_ptr=f32, beta_ptr=f32, uniform_ptr="*fp64",
                     seed_ptr=i64, hist_ptr="*i32", v_ptr=f32, lam_ptr=f32, cdf_ptr=f32, bsum_ptr=f32, partner_ptr=i64,
                     ma_out_ptr=f32, n=i32, n_pool=i32, k=i32, decay="fp32", span=i32, n_iter=i32, gamma_d="fp32",
-                    gamma_c="fp32", inv_alpha="fp32", epoch_ptr=i64, MODE="constexpr", MIX="constexpr", PRESELECTED="constexpr",
+                    gamma_c="fp32", inv_alpha="fp32", epoch_ptr=i64, z_ptr=f32, stride_z=i32,
+                    target_ptr=i64, num_classes=i32, MODE="constexpr", MIX="constexpr", PRESELECTED="constexpr",
                     DRAW="constexpr", BOOST="constexpr", ROUNDS="constexpr", SEARCH="constexpr", EPOCH="constexpr",
-                    BLOCK="constexpr")
+                    FUSE_CE="constexpr", ROWS="constexpr", BLOCK_K="constexpr", BLOCK="constexpr")
+    unfused = dict(FUSE_CE=False, ROWS=1, BLOCK_K=1)
     draws = [(False, False), (True, False), (True, True)]  # (DRAW, BOOST): explicit draws, in-kernel, alpha < 1
     for mode, mixf, pre, block, (draw, boost) in itertools.product([0, 1], [False, True], [False, True],
                                                                      [2048, 1024], draws):
@@ -47,7 +49,12 @@ def variants():
         out.append((f"plan mode={mode} mix={mixf} pre={pre} block={block} draw={draw} boost={boost}",
                     ws._plan_kernel, plan_sig, dict(MODE=mode, MIX=mixf, PRESELECTED=pre, DRAW=draw, BOOST=boost,
                                                     ROUNDS=ws.GAMMA_ROUNDS, SEARCH=search, EPOCH=mode == 1 and draw,
-                                                    BLOCK=block), 8))
+                                                    BLOCK=block, **unfused), 8))
+    # Small B * K: the plan program also does the CE pass (row_tiling() tiles for K = 10, 100, 1000).
+    for dt, mode, (rows, bk, _) in itertools.product(["fp32", "bf16", "fp16"], [0, 1], tilings[:3]):
+        out.append((f"plan fused-ce {dt} mode={mode} {rows}x{bk}", ws._plan_kernel, dict(plan_sig, z_ptr=f"*{dt}"),
+                    dict(MODE=mode, MIX=True, PRESELECTED=False, DRAW=True, BOOST=False, ROUNDS=ws.GAMMA_ROUNDS,
+                         SEARCH=True, EPOCH=True, FUSE_CE=True, ROWS=rows, BLOCK_K=bk, BLOCK=2048), 8))
     out.append(("block_scan", ws._block_scan_kernel, dict(bsum_ptr=f32, g=i32, BLOCK="constexpr"),
                 dict(BLOCK=1024), 4))
     for draw in (False, True):
@@ -62,13 +69,23 @@ def variants():
                          COMPUTE="constexpr", BLOCK="constexpr"), dict(COMPUTE=compute, BLOCK=1024), 4))
     for mode, rew, pre, single in itertools.product([0, 1], [False, True], [False, True], [False, True]):
         sig = dict(m_ptr=f32, ma_ptr=f32, params_ptr=f32, hist_ptr="*i32", w_ptr=f32, ma_out_ptr=f32, part_ptr=f32,
-                   loss_ptr=f32, n=i32, k=i32, decay="fp32", span=i32, epoch_ptr=i64, MODE="constexpr",
+                   loss_ptr=f32, n=i32, k=i32, decay="fp32", span=i32, epoch_ptr=i64, z_ptr=f32, stride_z=i32,
+                   target_ptr=i64, partner_ptr=i64, lam_ptr=f32, lse_ptr=f32, num_classes=i32, MODE="constexpr",
                    REWEIGHT="constexpr", PRESELECTED="constexpr", SINGLE="constexpr", EPOCH="constexpr",
-                   BLOCK="constexpr")
+                   FUSE_CE="constexpr", ROWS="constexpr", BLOCK_K="constexpr", BLOCK="constexpr")
+        reduce_sig = sig
         for epoch in (False, True) if rew else (False,):
             out.append((f"reduce mode={mode} reweight={rew} pre={pre} single={single} epoch={epoch}",
                         mixed_loss._reduce_kernel, sig,
-                        dict(MODE=mode, REWEIGHT=rew, PRESELECTED=pre, SINGLE=single, EPOCH=epoch, BLOCK=2048), 8))
+                        dict(MODE=mode, REWEIGHT=rew, PRESELECTED=pre, SINGLE=single, EPOCH=epoch, BLOCK=2048,
+                             **unfused), 8))
+    # Small B * K: the reduce program also does the mixed-CE pass.
+    for dt, mode, rew, (rows, bk, _) in itertools.product(["fp32", "bf16", "fp16"], [0, 1], [False, True],
+                                                          tilings[:3]):
+        out.append((f"reduce fused-ce {dt} mode={mode} reweight={rew} {rows}x{bk}", mixed_loss._reduce_kernel,
+                    dict(reduce_sig, z_ptr=f"*{dt}"),
+                    dict(MODE=mode, REWEIGHT=rew, PRESELECTED=False, SINGLE=True, EPOCH=rew, FUSE_CE=True, ROWS=rows,
+                         BLOCK_K=bk, BLOCK=2048), 8))
     out.append(("sum", mixed_loss._sum_kernel, dict(part_ptr=f32, loss_ptr=f32, g=i32, n=i32, BLOCK="constexpr"),
                 dict(BLOCK=1024), 4))
     for dt, has_w, (rows, bk, nw) in itertools.product(["fp32", "bf16", "fp16"], [False, True], tilings):
@@ -80,21 +97,21 @@ def variants():
     # The JIT turns integer arguments equal to 1 into constants (B = 1, one block, one iteration):
     # compile those specialisations too.
     one = dict(n=1, n_pool=1, span=1)
-    sig = dict(plan_sig, n="constexpr", n_pool="constexpr", span="constexpr", n_iter="constexpr")
+    sig = dict(plan_sig, n="constexpr", n_pool="constexpr", span="constexpr", n_iter="constexpr",
+               z_ptr="*bf16")
     for draw in (False, True):
         out.append((f"plan B=1 draw={draw}", ws._plan_kernel, sig,
                     dict(one, n_iter=1, MODE=1, MIX=True, PRESELECTED=False, DRAW=draw, BOOST=False,
-                         ROUNDS=ws.GAMMA_ROUNDS, SEARCH=True, EPOCH=draw, BLOCK=2048), 8))
+                         ROUNDS=ws.GAMMA_ROUNDS, SEARCH=True, EPOCH=draw, FUSE_CE=draw, ROWS=64 if draw else 1,
+                         BLOCK_K=16 if draw else 1, BLOCK=2048), 8))
         out.append((f"partner B=1 draw={draw}", ws._partner_kernel,
                     dict(cdf_ptr=f32, bincl_ptr=f32, uniform_ptr="*fp64", seed_ptr=i64, partner_ptr=i64,
                          n="constexpr", g="constexpr", span="constexpr", n_iter="constexpr", DRAW="constexpr",
                          BLOCK="constexpr"), dict(n=1, g=1, span=1, n_iter=1, DRAW=draw, BLOCK=1024), 4))
-    sig = dict(m_ptr=f32, ma_ptr=f32, params_ptr=f32, hist_ptr="*i32", w_ptr=f32, ma_out_ptr=f32, part_ptr=f32,
-               loss_ptr=f32, n="constexpr", k=i32, decay="fp32", span="constexpr", epoch_ptr=i64, MODE="constexpr",
-               REWEIGHT="constexpr", PRESELECTED="constexpr", SINGLE="constexpr", EPOCH="constexpr",
-               BLOCK="constexpr")
+    sig = dict(reduce_sig, n="constexpr", span="constexpr", z_ptr="*bf16")
     out.append(("reduce B=1", mixed_loss._reduce_kernel, sig,
-                dict(n=1, span=1, MODE=1, REWEIGHT=True, PRESELECTED=False, SINGLE=True, EPOCH=True, BLOCK=2048), 8))
+                dict(n=1, span=1, MODE=1, REWEIGHT=True, PRESELECTED=False, SINGLE=True, EPOCH=True, FUSE_CE=True,
+                     ROWS=64, BLOCK_K=16, BLOCK=2048), 8))
     out.append(("mix D=1", mix._mix_kernel,
                 dict(x_ptr="*fp32", partner_ptr=i64, lam_ptr=f32, out_ptr="*fp32", total="constexpr", D="constexpr",
                      COMPUTE="constexpr", BLOCK="constexpr"),

@@ -19,7 +19,8 @@ write -- two reads and one write in all, and this is the minimum here:
   than recomputing. So both cases use the same 2-read/1-write schedule.
 
 The O(B) middle (percentile by radix select, moving average, v2, the weighted sum) is one
-single-program launch for B <= ``SMALL_B_MAX``; larger batches use the many-program radix passes
+single-program launch for B <= ``SMALL_B_MAX`` (which also does the mixed-CE pass when
+B * K <= ``FUSE_CE_MAX``: the whole forward in one launch); larger batches use the many-program radix passes
 and per-block partial sums added by one more program. Sums run in a fixed order (deterministic).
 """
 
@@ -30,18 +31,27 @@ import triton
 import triton.language as tl
 
 from . import _shared
-from ._shared import ce_rows_kernel, params_row, reduce_block, row_tiling, row_weights, selected_moving_average
+from ._shared import (ce_rows, ce_rows_kernel, params_row, reduce_block, row_tiling, row_weights,
+                      selected_moving_average)
 
 
 @triton.jit
 def _reduce_kernel(m_ptr, ma_ptr, params_ptr, hist_ptr, w_ptr, ma_out_ptr, part_ptr, loss_ptr, n, k, decay, span,
-                   epoch_ptr, MODE: tl.constexpr, REWEIGHT: tl.constexpr, PRESELECTED: tl.constexpr,
-                   SINGLE: tl.constexpr, EPOCH: tl.constexpr, BLOCK: tl.constexpr):
+                   epoch_ptr, z_ptr, stride_z, target_ptr, partner_ptr, lam_ptr, lse_ptr, num_classes,
+                   MODE: tl.constexpr, REWEIGHT: tl.constexpr, PRESELECTED: tl.constexpr, SINGLE: tl.constexpr,
+                   EPOCH: tl.constexpr, FUSE_CE: tl.constexpr, ROWS: tl.constexpr, BLOCK_K: tl.constexpr,
+                   BLOCK: tl.constexpr):
     """Program p sums ``w_i m_i`` over [p * span, (p + 1) * span) (w = v2 or 1); SINGLE (one
     program): writes the loss, otherwise the partial sum ``part[p]`` for :func:`_sum_kernel`.
-    ``EPOCH``: ``params`` is the [100, 93] table and ``epoch[0]`` selects the row."""
+    ``EPOCH``: ``params`` is the [100, 93] table and ``epoch[0]`` selects the row. ``FUSE_CE`` (one
+    program, small B * K): first the mixed CE of the logits ``z`` into ``m`` and ``lse``."""
     pid = tl.program_id(0)
     params_ptr = params_row(params_ptr, epoch_ptr, EPOCH)
+    if FUSE_CE:
+        for r0 in range(0, n, ROWS):
+            ce_rows(z_ptr, stride_z, target_ptr, partner_ptr, lam_ptr, m_ptr, lse_ptr, n, num_classes, r0, True,
+                    ROWS, BLOCK_K)
+        tl.debug_barrier()  # m is visible to every thread of the program
     lo = pid * span
     hi = tl.minimum(lo + span, n)
     acc = tl.zeros([BLOCK], tl.float32)
@@ -112,9 +122,18 @@ def mixed_loss_forward(logits, target, partner, lam, loss_ma_mixed, params, *, r
                        second_reweight: bool, epoch=None):
     """Returns ``(loss [] f32, ma2' [] f32, lse [B] f32, w [B] f32 or [0])``; one read of logits.
     ``epoch`` (integer tensor of one element): ``params`` is the [100, 93] table, row read in the kernel."""
-    batch = logits.shape[0]
+    batch, num_classes = logits.shape
     device = logits.device
-    m, lse = mixed_ce(logits, target, partner, lam)
+    fuse = batch <= _shared.SMALL_B_MAX and batch * num_classes <= _shared.FUSE_CE_MAX
+    if fuse:  # one launch for the forward: the reduce program computes the mixed CE first
+        if logits.stride(1) != 1:
+            logits = logits.contiguous()
+        m = torch.empty(batch, dtype=torch.float32, device=device)
+        lse = torch.empty(batch, dtype=torch.float32, device=device)
+        rows, block_k, _ = row_tiling(num_classes)
+    else:
+        m, lse = mixed_ce(logits, target, partner, lam)
+        rows = block_k = 1
     w = torch.empty(batch if second_reweight else 0, dtype=torch.float32, device=device)
     ma_new = torch.empty((), dtype=torch.float32, device=device)
     loss = torch.empty((), dtype=torch.float32, device=device)
@@ -126,9 +145,11 @@ def mixed_loss_forward(logits, target, partner, lam, loss_ma_mixed, params, *, r
         hist = _shared.radix_histograms(m, rank) if second_reweight else m
     part = torch.empty(grid, dtype=torch.float32, device=device)
     _reduce_kernel[(grid,)](m, loss_ma_mixed, params, hist, w if second_reweight else m, ma_new, part, loss, batch,
-                            rank, decay, span, m if epoch is None else epoch, MODE=mode, REWEIGHT=second_reweight,
-                            PRESELECTED=grid > 1, SINGLE=grid == 1, EPOCH=epoch is not None, BLOCK=block,
-                            num_warps=8)
+                            rank, decay, span, m if epoch is None else epoch, logits if fuse else m,
+                            logits.stride(0) if fuse else 1, target if fuse else m, partner if fuse else m,
+                            lam if fuse else m, lse if fuse else m, num_classes if fuse else 1, MODE=mode,
+                            REWEIGHT=second_reweight, PRESELECTED=grid > 1, SINGLE=grid == 1, EPOCH=epoch is not None,
+                            FUSE_CE=fuse, ROWS=rows, BLOCK_K=block_k, BLOCK=block, num_warps=8)
     if grid > 1:
         _sum_kernel[(1,)](part, loss, grid, batch, BLOCK=1024)
     return loss, ma_new, lse, w

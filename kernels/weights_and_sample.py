@@ -32,7 +32,8 @@ import triton
 import triton.language as tl
 
 from . import _shared
-from ._shared import ce_rows_kernel, params_row, reduce_block, row_tiling, row_weights, selected_moving_average
+from ._shared import (ce_rows, ce_rows_kernel, params_row, reduce_block, row_tiling, row_weights,
+                      selected_moving_average)
 
 # Marsaglia-Tsang rejection rounds per gamma draw. The acceptance rate is >= 0.95 for shape >= 1
 # (alpha < 1 is boosted to alpha + 1), so all rounds fail with probability < 0.05^8 ~ 4e-11; the
@@ -82,17 +83,24 @@ def beta_draw(seed, offs, n, d, c, inv_alpha, BOOST: tl.constexpr, ROUNDS: tl.co
 @triton.jit
 def _plan_kernel(loss_ptr, pool_ptr, ma_ptr, params_ptr, beta_ptr, uniform_ptr, seed_ptr, hist_ptr, v_ptr, lam_ptr,
                  cdf_ptr, bsum_ptr, partner_ptr, ma_out_ptr, n, n_pool, k, decay, span, n_iter, gamma_d, gamma_c,
-                 inv_alpha, epoch_ptr, MODE: tl.constexpr, MIX: tl.constexpr, PRESELECTED: tl.constexpr,
-                 DRAW: tl.constexpr, BOOST: tl.constexpr, ROUNDS: tl.constexpr, SEARCH: tl.constexpr,
-                 EPOCH: tl.constexpr, BLOCK: tl.constexpr):
+                 inv_alpha, epoch_ptr, z_ptr, stride_z, target_ptr, num_classes, MODE: tl.constexpr,
+                 MIX: tl.constexpr, PRESELECTED: tl.constexpr, DRAW: tl.constexpr, BOOST: tl.constexpr,
+                 ROUNDS: tl.constexpr, SEARCH: tl.constexpr, EPOCH: tl.constexpr, FUSE_CE: tl.constexpr,
+                 ROWS: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK: tl.constexpr):
     """Program p handles examples [p * span, (p + 1) * span); its CDF is local to that span and
     its total goes to ``bsum[p]``. The percentile is of ``pool`` [n_pool] (the losses themselves,
     or e.g. the all-gathered losses of a distributed batch). ``DRAW``: the Beta factors are drawn
     here from the Philox seed ``seed[0]`` instead of read from ``beta``. ``SEARCH`` (one program
     holds the whole batch): the partner search too, after a barrier (no :func:`_partner_kernel`).
-    ``EPOCH``: ``params`` is the [100, 93] table and ``epoch[0]`` selects the row."""
+    ``EPOCH``: ``params`` is the [100, 93] table and ``epoch[0]`` selects the row. ``FUSE_CE`` (one
+    program, small B * K): first the per-example CE of the logits ``z`` into ``loss`` (= ``pool``)."""
     pid = tl.program_id(0)
     params_ptr = params_row(params_ptr, epoch_ptr, EPOCH)
+    if FUSE_CE:
+        for r0 in range(0, n, ROWS):
+            ce_rows(z_ptr, stride_z, target_ptr, target_ptr, loss_ptr, loss_ptr, loss_ptr, n, num_classes, r0, False,
+                    ROWS, BLOCK_K)
+        tl.debug_barrier()  # the losses are visible to every thread of the program
     if DRAW:
         seed = tl.load(seed_ptr)
     ma_new = selected_moving_average(pool_ptr, n_pool, k, hist_ptr, ma_ptr, ma_out_ptr, decay, PRESELECTED, BLOCK)
@@ -193,13 +201,15 @@ def per_sample_ce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 def plan(values, pool, loss_ma, params, uniform, beta, *, rank: int, decay: float, mode: int, mix: bool,
-         seed=None, alpha: float = 0.0, epoch=None):
+         seed=None, alpha: float = 0.0, epoch=None, logits=None, target=None):
     """Steps 3-6 on per-example losses ``values`` [B] f32, the percentile (ascending ``rank``) taken
     over ``pool`` [N] f32 (``pool is values`` normally). Returns ``(v, partner, lam, ma')``.
 
     ``seed`` (int64 [2], with ``alpha``): draw ``b ~ Beta(alpha, alpha)`` and ``u`` in the kernels
     (``uniform``/``beta`` are then ignored); None: use ``uniform`` and ``beta``. ``epoch`` (an
-    integer tensor of one element): ``params`` is the [100, 93] table, row ``epoch`` read in the kernel."""
+    integer tensor of one element): ``params`` is the [100, 93] table, row ``epoch`` read in the kernel.
+    ``logits``/``target`` (single program only; ``pool is values``): the kernel first computes the
+    per-example CE into ``values``."""
     draw = mix and seed is not None
     gamma_d, gamma_c, inv_alpha, boost = gamma_constants(alpha) if draw else (1.0, 1.0, 1.0, False)
     batch = values.shape[0]
@@ -215,6 +225,12 @@ def plan(values, pool, loss_ma, params, uniform, beta, *, rank: int, decay: floa
         span = block = _shared.LARGE_BLOCK
         grid = triton.cdiv(batch, span)
     preselected = grid > 1 or pool.numel() > _shared.SMALL_B_MAX
+    fuse = logits is not None
+    if fuse:
+        assert grid == 1 and not preselected and pool is values
+        rows, block_k, _ = row_tiling(logits.shape[1])
+    else:
+        rows, block_k = 1, 1
     hist = _shared.radix_histograms(pool, rank) if preselected else values
     bsum = torch.empty(grid if mix else 0, **f32)
     partner = torch.empty(batch if mix else 0, dtype=torch.int64, device=device)
@@ -223,9 +239,11 @@ def plan(values, pool, loss_ma, params, uniform, beta, *, rank: int, decay: floa
     _plan_kernel[(grid,)](values, pool, loss_ma, params, beta if explicit else v, uniform if explicit else v,
                           seed if draw else v, hist, v, lam, cdf if mix else v, bsum if mix else v,
                           partner if mix else v, ma_new, batch, pool.numel(), rank, decay, span, batch.bit_length(),
-                          gamma_d, gamma_c, inv_alpha, v if epoch is None else epoch, MODE=mode, MIX=mix,
-                          PRESELECTED=preselected, DRAW=draw, BOOST=boost, ROUNDS=GAMMA_ROUNDS, SEARCH=search,
-                          EPOCH=epoch is not None, BLOCK=block, num_warps=8)
+                          gamma_d, gamma_c, inv_alpha, v if epoch is None else epoch,
+                          logits if fuse else v, logits.stride(0) if fuse else 1, target if fuse else v,
+                          logits.shape[1] if fuse else 1, MODE=mode, MIX=mix, PRESELECTED=preselected,
+                          DRAW=draw, BOOST=boost, ROUNDS=GAMMA_ROUNDS, SEARCH=search, EPOCH=epoch is not None,
+                          FUSE_CE=fuse, ROWS=rows, BLOCK_K=block_k, BLOCK=block, num_warps=8)
     if not mix:
         return v, torch.arange(batch, device=device), lam, ma_new
     if search:
@@ -248,6 +266,14 @@ def weights_and_sample(logits, target, loss_ma, params, uniform, beta, *, rank: 
     MentorNet; ``mix``: False when alpha <= 0 (then ``partner = arange(B)``, ``lam = 1``);
     ``seed``/``alpha``: in-kernel draws, ``epoch``: the table row (see :func:`plan`).
     """
+    batch, num_classes = logits.shape
+    if batch <= _shared.SMALL_B_MAX and batch * num_classes <= _shared.FUSE_CE_MAX:
+        # One launch for steps 2-6: the plan program computes the CE first.
+        if logits.stride(1) != 1:
+            logits = logits.contiguous()
+        loss = torch.empty(batch, dtype=torch.float32, device=logits.device)
+        return (loss,) + plan(loss, loss, loss_ma, params, uniform, beta, rank=rank, decay=decay, mode=mode,
+                              mix=mix, seed=seed, alpha=alpha, epoch=epoch, logits=logits, target=target)
     loss = per_sample_ce(logits, target)
     return (loss,) + plan(loss, loss, loss_ma, params, uniform, beta, rank=rank, decay=decay, mode=mode, mix=mix,
                           seed=seed, alpha=alpha, epoch=epoch)
