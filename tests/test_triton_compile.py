@@ -119,3 +119,54 @@ def test_compiled_module_forward_fullgraph():
         loss = step(x, y)
         loss.backward()
     assert torch.isfinite(loss) and int(mm.num_steps) == 2 and float(mm.loss_ma) > 0
+
+
+def test_opcheck_in_kernel_draws_and_epoch_row():
+    """The optional ``seed``/``alpha``/``epoch`` arguments: Philox seeds drawn once per step, the
+    folded table with the epoch read in the kernels."""
+    from mentormix_fast.triton_backend import fold_table
+
+    z, y, u, beta, _, mode = _inputs()
+    table, _ = fold_table(mf.mentornet_pd(), 10, DEVICE)
+    seed = torch.tensor([3, 5], dtype=torch.int64, device=DEVICE)
+    epoch = torch.tensor([40], device=DEVICE)
+    ma = torch.tensor(0.3, device=DEVICE)
+    empty = torch.empty(0, device=DEVICE)
+    torch.library.opcheck(OPS.triton_weights_and_sample.default,
+                          (z, y, ma, table, empty, empty, 0.7, 0.5, mode, True, seed, 8.0, epoch))
+    torch.library.opcheck(OPS.triton_weights_and_sample.default,
+                          (z, y, ma, table, empty, empty, 0.7, 0.5, mode, True, seed, 0.3, epoch))
+    plan = OPS.triton_weights_and_sample(z, y, ma, table, empty, empty, 0.7, 0.5, mode, True, seed, 8.0, epoch)
+    torch.library.opcheck(OPS.triton_mixed_loss.default,
+                          (z.clone().requires_grad_(), y, plan[2], plan[3], ma, table, 0.6, 0.5, mode, True, epoch))
+    loss = OPS.triton_ce(z, y)
+    torch.library.opcheck(OPS.triton_plan.default,
+                          (loss, loss, ma, table, empty, empty, 0.7, 0.5, mode, True, seed, 8.0, epoch))
+
+
+@pytest.mark.slow
+def test_compiled_step_with_in_kernel_draws():
+    """generator=None under torch.compile(fullgraph=True): the step's Philox seeds come from torch's
+    global RNG inside the graph (fallback_random: the eager op, so the same seeds as eager)."""
+    torch._dynamo.reset()
+    tri = get_backend("triton", torch.device(DEVICE))
+    config = cfg(second_reweight=True)
+    weighting = mf.mentornet_pd().to(DEVICE)
+    z1, y, _, _ = batch(32, 5, torch.float32, DEVICE)
+    z2 = torch.randn(32, 5, device=DEVICE)
+    ma, ma2 = torch.tensor(0.4, device=DEVICE), torch.tensor(0.6, device=DEVICE)
+    epoch = torch.tensor(50, device=DEVICE)
+
+    def f(z1, z2, y, ma, ma2, epoch):
+        plan = tri.weights_and_sample(z1, y, ma, epoch, config, weighting, None)
+        loss, new_ma2 = tri.mixed_loss(z2, y, plan.partner, plan.lam, ma2, epoch, config, weighting)
+        return loss, new_ma2, plan.partner, plan.lam
+
+    torch.manual_seed(0)
+    eager = f(z1, z2, y, ma, ma2, epoch)
+    torch.manual_seed(0)
+    with torch._inductor.config.patch(fallback_random=True):
+        comp = torch.compile(f, fullgraph=True)(z1, z2, y, ma, ma2, epoch)
+    for a, b in zip(comp, eager, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert ((eager[3] >= 0) & (eager[3] <= 1)).all()
