@@ -1,8 +1,10 @@
 """Fused steps 2-6 (SPEC §1): per-example CE, percentile, moving average, weights, partners, lambda.
 
-No host synchronisation; the [B, K] logits are read once (launch 1), the rest is O(B):
+No host synchronisation; the [B, K] logits are read once, the rest is O(B):
 
-1. :func:`ce_rows_kernel` (grid over row tiles): ``l_i = lse(z_i) - z_i[y_i]`` in fp32.
+1. :func:`ce_rows_kernel` (grid over row tiles): ``l_i = lse(z_i) - z_i[y_i]`` in fp32; at small
+   B * K (``FUSE_CE_MAX``) the single :func:`_plan_kernel` program does this pass itself, so
+   steps 2-6 are ONE launch (plus the torch launch of the step's Philox seeds).
 2. ``q`` = the exact nearest percentile of l (rank ``percentile_rank(B, p)``) by radix select;
    ``ma' = d ma + (1 - d) q`` (unchanged when q is not finite); weights v (threshold or MentorNet,
    burn-in); ``lam`` from the Beta draws; ``c_i = sum_{j <= i} exp(v_j)``, the unnormalised CDF of
@@ -18,7 +20,7 @@ No host synchronisation; the [B, K] logits are read once (launch 1), the rest is
 Randomness: by default the kernels draw (``DRAW``): the caller takes two int64 Philox seeds per
 step from the MentorMix generator with ONE torch launch (``torch.randint``, on the device, no host
 sync, CUDA-graph safe), :func:`_plan_kernel` draws ``b ~ Beta(alpha, alpha)`` per example
-(:func:`beta_draw`) and :func:`_partner_kernel` draws ``u ~ U[0, 1)`` (``tl.rand``). The Philox
+(:func:`beta_draw`) and the partner search draws ``u ~ U[0, 1)`` (``tl.rand``). The Philox
 counters are the global example indices, so the draws do not depend on the program layout (small
 or large B give the same values for the same seeds). Explicit draws still work: with ``DRAW``
 off, ``u`` (fp64 uniform) and ``b`` come in as tensors (tests compare with the reference on
