@@ -179,8 +179,11 @@ class MentorMix(nn.Module):
                                            self.config, self.weighting, **gather)
         if self.config.second_reweight:
             self.loss_ma_mixed.copy_(new_ma2)
-        with torch.no_grad():
-            self.num_steps.copy_(torch.as_tensor(step, device=device) + 1)
+        with torch.no_grad():  # one small launch, no host sync
+            if isinstance(step, torch.Tensor):
+                torch.add(step, 1, out=self.num_steps)
+            else:
+                self.num_steps.fill_(step + 1)
         return loss
 
     def forward(self, model: nn.Module, x: torch.Tensor, target: torch.Tensor, step=None) -> torch.Tensor:
