@@ -31,8 +31,7 @@ import triton
 import triton.language as tl
 
 from . import _shared
-from ._shared import (ce_rows, ce_rows_kernel, params_row, reduce_block, row_tiling, row_weights,
-                      selected_moving_average)
+from ._shared import ce_rows, ce_rows_kernel, params_row, reduce_block, row_tiling, row_weights, selected_moving_average
 
 
 @triton.jit

@@ -34,8 +34,7 @@ import triton
 import triton.language as tl
 
 from . import _shared
-from ._shared import (ce_rows, ce_rows_kernel, params_row, reduce_block, row_tiling, row_weights,
-                      selected_moving_average)
+from ._shared import ce_rows, ce_rows_kernel, params_row, reduce_block, row_tiling, row_weights, selected_moving_average
 
 # Marsaglia-Tsang rejection rounds per gamma draw. The acceptance rate is >= 0.95 for shape >= 1
 # (alpha < 1 is boosted to alpha + 1), so all rounds fail with probability < 0.05^8 ~ 4e-11; the

@@ -34,9 +34,9 @@ if mf.backends().get("triton") != "available":
 if torch.cuda.is_available():
     pytest.skip("counts launches in Triton's CPU interpreter", allow_module_level=True)
 
-from torch._library.custom_ops import OPDEFS  # noqa: E402
-from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
-from triton.runtime import interpreter  # noqa: E402
+from torch._library.custom_ops import OPDEFS
+from torch.utils._python_dispatch import TorchDispatchMode
+from triton.runtime import interpreter
 
 # Allocation and metadata ops: no device kernel.
 _FREE = {"empty", "empty_like", "new_empty", "empty_strided", "new_empty_strided", "detach", "alias", "lift_fresh",
@@ -156,7 +156,6 @@ def test_launches_large_k_unfused(count_launches):
 def test_fused_and_separate_ce_agree_with_reference(monkeypatch, fuse_max):
     """The small-B single program with and without the fused CE pass (against the reference)."""
     import test_triton_kernels as tk
-
     from mentormix_fast.kernels import _shared
 
     monkeypatch.setattr(_shared, "FUSE_CE_MAX", fuse_max)
