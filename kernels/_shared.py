@@ -106,6 +106,16 @@ def ce_rows_kernel(z_ptr, stride_z, target_ptr, partner_ptr, lam_ptr, loss_ptr, 
 
 
 @triton.jit
+def ce_all_rows(z_ptr, stride_z, target_ptr, partner_ptr, lam_ptr, loss_ptr, lse_ptr, B, K, MIXED: tl.constexpr,
+                ROWS: tl.constexpr, BLOCK_K: tl.constexpr):
+    """:func:`ce_rows` over all B rows in one program (the fused small-batch paths), then a barrier
+    so the stored losses are visible to every thread of the program."""
+    for r0 in range(0, B, ROWS):
+        ce_rows(z_ptr, stride_z, target_ptr, partner_ptr, lam_ptr, loss_ptr, lse_ptr, B, K, r0, MIXED, ROWS, BLOCK_K)
+    tl.debug_barrier()
+
+
+@triton.jit
 def ce_rows(z_ptr, stride_z, target_ptr, partner_ptr, lam_ptr, loss_ptr, lse_ptr, B, K, row0, MIXED: tl.constexpr,
             ROWS: tl.constexpr, BLOCK_K: tl.constexpr):
     """The body of :func:`ce_rows_kernel` for rows [row0, row0 + ROWS) (also called in a loop by

@@ -31,7 +31,15 @@ import triton
 import triton.language as tl
 
 from . import _shared
-from ._shared import ce_rows, ce_rows_kernel, params_row, reduce_block, row_tiling, row_weights, selected_moving_average
+from ._shared import (
+    ce_all_rows,
+    ce_rows_kernel,
+    params_row,
+    reduce_block,
+    row_tiling,
+    row_weights,
+    selected_moving_average,
+)
 
 
 @triton.jit
@@ -47,10 +55,8 @@ def _reduce_kernel(m_ptr, ma_ptr, params_ptr, hist_ptr, w_ptr, ma_out_ptr, part_
     pid = tl.program_id(0)
     params_ptr = params_row(params_ptr, epoch_ptr, EPOCH)
     if FUSE_CE:
-        for r0 in range(0, n, ROWS):
-            ce_rows(z_ptr, stride_z, target_ptr, partner_ptr, lam_ptr, m_ptr, lse_ptr, n, num_classes, r0, True,
-                    ROWS, BLOCK_K)
-        tl.debug_barrier()  # m is visible to every thread of the program
+        ce_all_rows(z_ptr, stride_z, target_ptr, partner_ptr, lam_ptr, m_ptr, lse_ptr, n, num_classes, True, ROWS,
+                    BLOCK_K)
     lo = pid * span
     hi = tl.minimum(lo + span, n)
     acc = tl.zeros([BLOCK], tl.float32)

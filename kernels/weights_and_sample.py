@@ -34,7 +34,15 @@ import triton
 import triton.language as tl
 
 from . import _shared
-from ._shared import ce_rows, ce_rows_kernel, params_row, reduce_block, row_tiling, row_weights, selected_moving_average
+from ._shared import (
+    ce_all_rows,
+    ce_rows_kernel,
+    params_row,
+    reduce_block,
+    row_tiling,
+    row_weights,
+    selected_moving_average,
+)
 
 # Marsaglia-Tsang rejection rounds per gamma draw. The acceptance rate is >= 0.95 for shape >= 1
 # (alpha < 1 is boosted to alpha + 1), so all rounds fail with probability < 0.05^8 ~ 4e-11; the
@@ -98,10 +106,8 @@ def _plan_kernel(loss_ptr, pool_ptr, ma_ptr, params_ptr, beta_ptr, uniform_ptr, 
     pid = tl.program_id(0)
     params_ptr = params_row(params_ptr, epoch_ptr, EPOCH)
     if FUSE_CE:
-        for r0 in range(0, n, ROWS):
-            ce_rows(z_ptr, stride_z, target_ptr, target_ptr, loss_ptr, loss_ptr, loss_ptr, n, num_classes, r0, False,
+        ce_all_rows(z_ptr, stride_z, target_ptr, target_ptr, loss_ptr, loss_ptr, loss_ptr, n, num_classes, False,
                     ROWS, BLOCK_K)
-        tl.debug_barrier()  # the losses are visible to every thread of the program
     if DRAW:
         seed = tl.load(seed_ptr)
     ma_new = selected_moving_average(pool_ptr, n_pool, k, hist_ptr, ma_ptr, ma_out_ptr, decay, PRESELECTED, BLOCK)
