@@ -1,8 +1,9 @@
 """What the benchmarks measure: the full MentorMix loss step, per backend, and its minimal traffic.
 
-One step = op 1 ``weights_and_sample`` on first-pass logits ``z1`` [B, K] (with its random draws),
-op 2 ``mix`` of an input ``x`` [B, D] (D = :data:`MIX_DIM`), op 3 ``mixed_loss`` forward on
-second-pass logits ``z2`` [B, K] and its backward (``dL/dz2``). No network runs: only the loss ops.
+One step = the public module's op 1 ``plan`` on first-pass logits ``z1`` [B, K] (with its random
+draws and state update), op 2 ``mix_inputs`` of an input ``x`` [B, D] (D = :data:`MIX_DIM`), op 3
+``mixed_loss`` forward on second-pass logits ``z2`` [B, K] and its backward (``dL/dz2``). No
+network runs: only the loss ops.
 
 Minimal bytes (what any implementation must move, s = bytes per element of the logits' dtype):
 read z1 once (B K s), mix reads x and writes x~ (2 B D s), the mixed loss reads z2 in the forward
@@ -25,7 +26,6 @@ import torch
 
 import mentormix_fast as mf
 from mentormix_fast.backends import get_backend
-from mentormix_fast.config import MentorMixConfig
 
 MIX_DIM = 256
 GPU_CASES = [(128, 10), (128, 100), (1024, 1000), (8192, 32000), (65536, 1000)]
@@ -80,23 +80,22 @@ class Step:
 
 def make_step(variant: str, batch: int, classes: int, dtype: torch.dtype, device: str,
               second_reweight: bool = True, seed: int = 0) -> Step:
+    """The step as a user runs it: :class:`mentormix_fast.MentorMix` (its buffers updated in place
+    where the backend can, else with copies), ``plan``, ``mix_inputs``, ``mixed_loss``, backward."""
     g = torch.Generator(device="cpu").manual_seed(seed)
     z1 = (torch.randn(batch, classes, generator=g) * 2).to(device=device, dtype=dtype)
     z2 = (torch.randn(batch, classes, generator=g) * 2).to(device=device, dtype=dtype).requires_grad_(True)
     y = torch.randint(0, classes, (batch,), generator=g).to(device)
     x = torch.randn(batch, MIX_DIM, generator=g).to(device=device, dtype=dtype)
-    config = MentorMixConfig(percentile=0.7, mixup_alpha=8.0, second_reweight=second_reweight, burn_in_epoch=10,
-                             total_steps=100, loss_ma_decay=0.5)
-    weighting = mf.mentornet_pd().to(device)
-    ma, ma2 = torch.zeros((), device=device), torch.zeros((), device=device)
-    epoch = torch.tensor(50, device=device)
-    backend = get_backend("reference" if variant == COMPILED else variant, torch.device(device))
+    # A step budget so large that the epoch feature stays 0 (no burn-in: every weight is computed).
+    mm = mf.MentorMix(total_steps=10**9, percentile=0.7, mixup_alpha=8.0, second_reweight=second_reweight,
+                      burn_in_epoch=0, backend="reference" if variant == COMPILED else variant,
+                      validate=False).to(device)
 
-    def forward(z1, y, x, z2, ma, ma2, epoch):
-        plan = backend.weights_and_sample(z1, y, ma, epoch, config, weighting, None)
-        xm = backend.mix(x, plan.partner, plan.lam)
-        loss, new_ma2 = backend.mixed_loss(z2, y, plan.partner, plan.lam, ma2, epoch, config, weighting)
-        return loss, xm, plan.loss_ma, new_ma2
+    def forward(z1, y, x, z2):
+        plan = mm.plan(z1, y)
+        xm = mm.mix_inputs(x, plan)
+        return mm.mixed_loss(z2, y, plan), xm
 
     if variant == COMPILED:
         # One static graph per shape: a symbolic batch size breaks torch.rand(B) in the draws, and
@@ -108,7 +107,7 @@ def make_step(variant: str, batch: int, classes: int, dtype: torch.dtype, device
 
     def run():
         z2.grad = None
-        loss, xm, _, _ = fwd(z1, y, x, z2, ma, ma2, epoch)
+        loss, _ = fwd(z1, y, x, z2)
         loss.backward()
         return loss
 

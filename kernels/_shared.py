@@ -229,20 +229,31 @@ def radix_selected(hist_ptr, k):
 
 
 @triton.jit
-def selected_moving_average(x_ptr, n, k, hist_ptr, ma_ptr, ma_out_ptr, decay, PRESELECTED: tl.constexpr,
-                            BLOCK: tl.constexpr):
+def selected_moving_average(x_ptr, n, k, hist_ptr, ma, decay, PRESELECTED: tl.constexpr, BLOCK: tl.constexpr):
     """The updated moving average ``d * ma + (1 - d) * q`` (``ma`` kept when q is not finite), q the
-    value of ascending rank ``k`` of ``x`` [n] (read from the full histograms when PRESELECTED);
-    program 0 stores it to ``ma_out_ptr``."""
+    value of ascending rank ``k`` of ``x`` [n] (read from the full histograms when PRESELECTED).
+    ``ma`` is the old value, loaded by the caller at the start of its kernel: the state is written
+    in place by :func:`store_state` at the end, after a barrier."""
     if PRESELECTED:
         q = radix_selected(hist_ptr, k)
     else:
         q = radix_select(x_ptr, n, k, BLOCK)
-    ma = tl.load(ma_ptr)
-    ma_new = tl.where(tl.abs(q) < float("inf"), decay * ma + (1.0 - decay) * q, ma)
+    return tl.where(tl.abs(q) < float("inf"), decay * ma + (1.0 - decay) * q, ma)
+
+
+@triton.jit
+def store_state(ma_out_ptr, ma_new, STORE_MA: tl.constexpr, counter_ptr, counter_new, STORE_COUNTER: tl.constexpr):
+    """Program 0 writes the step's state: the moving average and an int64 counter (the Philox step
+    counter or the module's step). The outputs may be the very tensors the kernel read its old state
+    from (the module's buffers, updated in place): every thread of a single-program kernel loaded
+    them at its start, and the barrier keeps those loads before these stores. A many-program kernel
+    must write to other tensors (the launcher copies)."""
+    tl.debug_barrier()
     if tl.program_id(0) == 0:
-        tl.store(ma_out_ptr, ma_new)
-    return ma_new
+        if STORE_MA:
+            tl.store(ma_out_ptr, ma_new)
+        if STORE_COUNTER:
+            tl.store(counter_ptr, counter_new)
 
 
 @triton.jit
@@ -276,13 +287,15 @@ def radix_histograms(values, rank: int):
 
 
 @triton.jit
-def params_row(params_ptr, epoch_ptr, EPOCH: tl.constexpr):
+def params_row(params_ptr, clock_ptr, clock_mul, clock_div, EPOCH: tl.constexpr):
     """The step's parameter vector: ``params_ptr`` itself, or with ``EPOCH`` row
-    ``clamp(epoch[0], 0, 99)`` of the [100, PARAMS_SIZE] table (the epoch read on the device: no
-    torch gather launch for an epoch tensor)."""
+    ``e = clamp(clock * clock_mul // clock_div, 0, 99)`` of the [100, PARAMS_SIZE] table, ``clock``
+    read on the device (no torch launches): an epoch tensor (mul = div = 1) or the step t
+    (mul = 100, div = T, SPEC §1.1)."""
     if EPOCH:
-        e = tl.load(epoch_ptr).to(tl.int64)
-        e = tl.minimum(tl.maximum(e, 0), 99)
+        t = tl.load(clock_ptr).to(tl.int64)
+        e = tl.maximum(t, 0) * clock_mul // clock_div  # clamped first: floor and truncation agree
+        e = tl.minimum(e, 99)
         params_ptr = params_ptr + e * 93  # PARAMS_SIZE (asserted below)
     return params_ptr
 

@@ -33,9 +33,10 @@ def variants():
         sig = dict(x_ptr=f32, n=i32, k=i32, hist_ptr="*i32", PASS="constexpr", BLOCK="constexpr")
         out.append((f"radix_hist pass {p}", _shared.radix_hist_kernel, sig, dict(PASS=p, BLOCK=1024), 4))
     plan_sig = dict(loss_ptr=f32, pool_ptr=f32, ma_ptr=f32, params_ptr=f32, beta_ptr=f32, uniform_ptr="*fp64",
-                    seed_ptr=i64, hist_ptr="*i32", v_ptr=f32, lam_ptr=f32, cdf_ptr=f32, bsum_ptr=f32, partner_ptr=i64,
+                    rng_ptr=i64, hist_ptr="*i32", v_ptr=f32, lam_ptr=f32, cdf_ptr=f32, bsum_ptr=f32, partner_ptr=i64,
                     ma_out_ptr=f32, n=i32, n_pool=i32, k=i32, decay="fp32", span=i32, n_iter=i32, gamma_d="fp32",
-                    gamma_c="fp32", inv_alpha="fp32", epoch_ptr=i64, z_ptr=f32, stride_z=i32,
+                    gamma_c="fp32", inv_alpha="fp32", clock_ptr=i64, clock_mul=i32, clock_div=i32, z_ptr=f32,
+                    stride_z=i32,
                     target_ptr=i64, num_classes=i32, MODE="constexpr", MIX="constexpr", PRESELECTED="constexpr",
                     DRAW="constexpr", BOOST="constexpr", ROUNDS="constexpr", SEARCH="constexpr", EPOCH="constexpr",
                     FUSE_CE="constexpr", ROWS="constexpr", BLOCK_K="constexpr", BLOCK="constexpr")
@@ -59,9 +60,9 @@ def variants():
                 dict(BLOCK=1024), 4))
     for draw in (False, True):
         out.append((f"partner draw={draw}", ws._partner_kernel,
-                    dict(cdf_ptr=f32, bincl_ptr=f32, uniform_ptr="*fp64", seed_ptr=i64, partner_ptr=i64, n=i32,
-                         g=i32, span=i32, n_iter=i32, DRAW="constexpr", BLOCK="constexpr"),
-                    dict(DRAW=draw, BLOCK=1024), 4))
+                    dict(cdf_ptr=f32, bincl_ptr=f32, uniform_ptr="*fp64", rng_ptr=i64, partner_ptr=i64, n=i32,
+                         g=i32, span=i32, n_iter=i32, DRAW="constexpr", ROUNDS="constexpr", BLOCK="constexpr"),
+                    dict(DRAW=draw, ROUNDS=ws.GAMMA_ROUNDS, BLOCK=1024), 4))
     for dt in ["fp32", "bf16", "fp16", "fp64"]:
         compute = triton.language.float64 if dt == "fp64" else triton.language.float32
         out.append((f"mix {dt}", mix._mix_kernel,
@@ -69,23 +70,26 @@ def variants():
                          COMPUTE="constexpr", BLOCK="constexpr"), dict(COMPUTE=compute, BLOCK=1024), 4))
     for mode, rew, pre, single in itertools.product([0, 1], [False, True], [False, True], [False, True]):
         sig = dict(m_ptr=f32, ma_ptr=f32, params_ptr=f32, hist_ptr="*i32", w_ptr=f32, ma_out_ptr=f32, part_ptr=f32,
-                   loss_ptr=f32, n=i32, k=i32, decay="fp32", span=i32, epoch_ptr=i64, z_ptr=f32, stride_z=i32,
-                   target_ptr=i64, partner_ptr=i64, lam_ptr=f32, lse_ptr=f32, num_classes=i32, MODE="constexpr",
-                   REWEIGHT="constexpr", PRESELECTED="constexpr", SINGLE="constexpr", EPOCH="constexpr",
+                   loss_ptr=f32, n=i32, k=i32, decay="fp32", span=i32, clock_ptr=i64, clock_mul=i32, clock_div=i32,
+                   steps_out_ptr=i64, step_next="i64", z_ptr=f32, stride_z=i32, target_ptr=i64, partner_ptr=i64,
+                   lam_ptr=f32, lse_ptr=f32, num_classes=i32, MODE="constexpr", REWEIGHT="constexpr",
+                   PRESELECTED="constexpr", SINGLE="constexpr", EPOCH="constexpr", STEP_OUT="constexpr",
                    FUSE_CE="constexpr", ROWS="constexpr", BLOCK_K="constexpr", BLOCK="constexpr")
         reduce_sig = sig
         for epoch in (False, True) if rew else (False,):
+            # The module's step counter: from the clock (tensor step) or a given value (int step).
+            step_out = (2 if epoch else 1) if single else 0
             out.append((f"reduce mode={mode} reweight={rew} pre={pre} single={single} epoch={epoch}",
                         mixed_loss._reduce_kernel, sig,
-                        dict(MODE=mode, REWEIGHT=rew, PRESELECTED=pre, SINGLE=single, EPOCH=epoch, BLOCK=2048,
-                             **unfused), 8))
+                        dict(MODE=mode, REWEIGHT=rew, PRESELECTED=pre, SINGLE=single, EPOCH=epoch, STEP_OUT=step_out,
+                             BLOCK=2048, **unfused), 8))
     # Small B * K: the reduce program also does the mixed-CE pass.
     for dt, mode, rew, (rows, bk, _) in itertools.product(["fp32", "bf16", "fp16"], [0, 1], [False, True],
                                                           tilings[:3]):
         out.append((f"reduce fused-ce {dt} mode={mode} reweight={rew} {rows}x{bk}", mixed_loss._reduce_kernel,
                     dict(reduce_sig, z_ptr=f"*{dt}"),
-                    dict(MODE=mode, REWEIGHT=rew, PRESELECTED=False, SINGLE=True, EPOCH=rew, FUSE_CE=True, ROWS=rows,
-                         BLOCK_K=bk, BLOCK=2048), 8))
+                    dict(MODE=mode, REWEIGHT=rew, PRESELECTED=False, SINGLE=True, EPOCH=rew, STEP_OUT=2 if rew else 0,
+                         FUSE_CE=True, ROWS=rows, BLOCK_K=bk, BLOCK=2048), 8))
     out.append(("sum", mixed_loss._sum_kernel, dict(part_ptr=f32, loss_ptr=f32, g=i32, n=i32, BLOCK="constexpr"),
                 dict(BLOCK=1024), 4))
     for dt, has_w, (rows, bk, nw) in itertools.product(["fp32", "bf16", "fp16"], [False, True], tilings):
@@ -105,13 +109,14 @@ def variants():
                          ROUNDS=ws.GAMMA_ROUNDS, SEARCH=True, EPOCH=draw, FUSE_CE=draw, ROWS=64 if draw else 1,
                          BLOCK_K=16 if draw else 1, BLOCK=2048), 8))
         out.append((f"partner B=1 draw={draw}", ws._partner_kernel,
-                    dict(cdf_ptr=f32, bincl_ptr=f32, uniform_ptr="*fp64", seed_ptr=i64, partner_ptr=i64,
+                    dict(cdf_ptr=f32, bincl_ptr=f32, uniform_ptr="*fp64", rng_ptr=i64, partner_ptr=i64,
                          n="constexpr", g="constexpr", span="constexpr", n_iter="constexpr", DRAW="constexpr",
-                         BLOCK="constexpr"), dict(n=1, g=1, span=1, n_iter=1, DRAW=draw, BLOCK=1024), 4))
+                         ROUNDS="constexpr", BLOCK="constexpr"),
+                    dict(n=1, g=1, span=1, n_iter=1, DRAW=draw, ROUNDS=ws.GAMMA_ROUNDS, BLOCK=1024), 4))
     sig = dict(reduce_sig, n="constexpr", span="constexpr", z_ptr="*bf16")
     out.append(("reduce B=1", mixed_loss._reduce_kernel, sig,
-                dict(n=1, span=1, MODE=1, REWEIGHT=True, PRESELECTED=False, SINGLE=True, EPOCH=True, FUSE_CE=True,
-                     ROWS=64, BLOCK_K=16, BLOCK=2048), 8))
+                dict(n=1, span=1, MODE=1, REWEIGHT=True, PRESELECTED=False, SINGLE=True, EPOCH=True, STEP_OUT=2,
+                     FUSE_CE=True, ROWS=64, BLOCK_K=16, BLOCK=2048), 8))
     out.append(("mix D=1", mix._mix_kernel,
                 dict(x_ptr="*fp32", partner_ptr=i64, lam_ptr=f32, out_ptr="*fp32", total="constexpr", D="constexpr",
                      COMPUTE="constexpr", BLOCK="constexpr"),

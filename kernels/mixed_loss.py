@@ -39,21 +39,28 @@ from ._shared import (
     row_tiling,
     row_weights,
     selected_moving_average,
+    store_state,
 )
 
 
 @triton.jit
 def _reduce_kernel(m_ptr, ma_ptr, params_ptr, hist_ptr, w_ptr, ma_out_ptr, part_ptr, loss_ptr, n, k, decay, span,
-                   epoch_ptr, z_ptr, stride_z, target_ptr, partner_ptr, lam_ptr, lse_ptr, num_classes,
-                   MODE: tl.constexpr, REWEIGHT: tl.constexpr, PRESELECTED: tl.constexpr, SINGLE: tl.constexpr,
-                   EPOCH: tl.constexpr, FUSE_CE: tl.constexpr, ROWS: tl.constexpr, BLOCK_K: tl.constexpr,
-                   BLOCK: tl.constexpr):
+                   clock_ptr, clock_mul, clock_div, steps_out_ptr, step_next, z_ptr, stride_z, target_ptr,
+                   partner_ptr, lam_ptr, lse_ptr, num_classes, MODE: tl.constexpr, REWEIGHT: tl.constexpr,
+                   PRESELECTED: tl.constexpr, SINGLE: tl.constexpr, EPOCH: tl.constexpr, STEP_OUT: tl.constexpr,
+                   FUSE_CE: tl.constexpr, ROWS: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK: tl.constexpr):
     """Program p sums ``w_i m_i`` over [p * span, (p + 1) * span) (w = v2 or 1); SINGLE (one
     program): writes the loss, otherwise the partial sum ``part[p]`` for :func:`_sum_kernel`.
-    ``EPOCH``: ``params`` is the [100, 93] table and ``epoch[0]`` selects the row. ``FUSE_CE`` (one
-    program, small B * K): first the mixed CE of the logits ``z`` into ``m`` and ``lse``."""
+    ``EPOCH``: ``params`` is the [100, 93] table and the clock selects the row (``params_row``).
+    ``FUSE_CE`` (one program, small B * K): first the mixed CE of the logits ``z`` into ``m`` and
+    ``lse``. REWEIGHT: ``ma2'`` to ``ma_out`` (may be ``ma`` itself in one program). ``STEP_OUT``
+    (one program): the module's step counter ``steps_out`` becomes ``step_next`` (1) or
+    ``clock + 1`` (2); it may be the clock itself."""
     pid = tl.program_id(0)
-    params_ptr = params_row(params_ptr, epoch_ptr, EPOCH)
+    ma = tl.load(ma_ptr)  # the old state, read before any store (see store_state)
+    if STEP_OUT == 2:
+        step_next = tl.load(clock_ptr).to(tl.int64) + 1
+    params_ptr = params_row(params_ptr, clock_ptr, clock_mul, clock_div, EPOCH)
     if FUSE_CE:
         ce_all_rows(z_ptr, stride_z, target_ptr, partner_ptr, lam_ptr, m_ptr, lse_ptr, n, num_classes, True, ROWS,
                     BLOCK_K)
@@ -61,7 +68,7 @@ def _reduce_kernel(m_ptr, ma_ptr, params_ptr, hist_ptr, w_ptr, ma_out_ptr, part_
     hi = tl.minimum(lo + span, n)
     acc = tl.zeros([BLOCK], tl.float32)
     if REWEIGHT:
-        ma_new = selected_moving_average(m_ptr, n, k, hist_ptr, ma_ptr, ma_out_ptr, decay, PRESELECTED, BLOCK)
+        ma_new = selected_moving_average(m_ptr, n, k, hist_ptr, ma, decay, PRESELECTED, BLOCK)
         for start in range(lo, hi, BLOCK):
             offs = start + tl.arange(0, BLOCK)
             inb = offs < hi
@@ -70,8 +77,7 @@ def _reduce_kernel(m_ptr, ma_ptr, params_ptr, hist_ptr, w_ptr, ma_out_ptr, part_
             tl.store(w_ptr + offs, w, mask=inb)
             acc += tl.where(inb, w * m, 0.0)
     else:
-        if pid == 0:
-            tl.store(ma_out_ptr, tl.load(ma_ptr))
+        ma_new = ma
         for start in range(lo, hi, BLOCK):
             offs = start + tl.arange(0, BLOCK)
             acc += tl.load(m_ptr + offs, mask=offs < hi, other=0.0)
@@ -80,6 +86,7 @@ def _reduce_kernel(m_ptr, ma_ptr, params_ptr, hist_ptr, w_ptr, ma_out_ptr, part_
         tl.store(loss_ptr, total / n)
     else:
         tl.store(part_ptr + pid, total)
+    store_state(ma_out_ptr, ma_new, REWEIGHT, steps_out_ptr, step_next, STEP_OUT != 0)
 
 
 @triton.jit
@@ -124,9 +131,15 @@ def _grad_kernel(z_ptr, stride_z, lse_ptr, target_ptr, partner_ptr, lam_ptr, w_p
 
 
 def mixed_loss_forward(logits, target, partner, lam, loss_ma_mixed, params, *, rank: int, decay: float, mode: int,
-                       second_reweight: bool, epoch=None):
-    """Returns ``(loss [] f32, ma2' [] f32, lse [B] f32, w [B] f32 or [0])``; one read of logits.
-    ``epoch`` (integer tensor of one element): ``params`` is the [100, 93] table, row read in the kernel."""
+                       second_reweight: bool, clock=None, clock_mul: int = 1, clock_div: int = 1, steps_out=None,
+                       step_next: int = 0):
+    """Returns ``(loss [] f32, lse [B] f32, w [B] f32 or [0])``, one read of the logits; with
+    ``second_reweight`` writes ``ma2'`` into ``loss_ma_mixed`` (fp32, 0-d) in place.
+
+    ``clock`` (integer tensor of one element): ``params`` is the [100, 93] table, row
+    ``clamp(clock * clock_mul // clock_div, 0, 99)`` read in the kernel. ``steps_out`` (int64, 0-d):
+    set to ``clock + 1`` when a clock is given, else to ``step_next`` (the module's step counter,
+    which may be the clock itself)."""
     batch, num_classes = logits.shape
     device = logits.device
     fuse = batch <= _shared.SMALL_B_MAX and batch * num_classes <= _shared.FUSE_CE_MAX
@@ -140,7 +153,6 @@ def mixed_loss_forward(logits, target, partner, lam, loss_ma_mixed, params, *, r
         m, lse = mixed_ce(logits, target, partner, lam)
         rows = block_k = 1
     w = torch.empty(batch if second_reweight else 0, dtype=torch.float32, device=device)
-    ma_new = torch.empty((), dtype=torch.float32, device=device)
     loss = torch.empty((), dtype=torch.float32, device=device)
     if batch <= _shared.SMALL_B_MAX:
         span, grid, hist, block = batch, 1, m, reduce_block()
@@ -148,16 +160,28 @@ def mixed_loss_forward(logits, target, partner, lam, loss_ma_mixed, params, *, r
         span = block = _shared.LARGE_BLOCK
         grid = triton.cdiv(batch, span)
         hist = _shared.radix_histograms(m, rank) if second_reweight else m
+    single = grid == 1
+    # One program updates the state in place; many programs all read it, so they write a copy.
+    ma_out = loss_ma_mixed if single else torch.empty((), dtype=torch.float32, device=device)
+    step_out = 0 if steps_out is None or not single else (2 if clock is not None else 1)
     part = torch.empty(grid, dtype=torch.float32, device=device)
-    _reduce_kernel[(grid,)](m, loss_ma_mixed, params, hist, w if second_reweight else m, ma_new, part, loss, batch,
-                            rank, decay, span, m if epoch is None else epoch, logits if fuse else m,
+    _reduce_kernel[(grid,)](m, loss_ma_mixed, params, hist, w if second_reweight else m, ma_out, part, loss, batch,
+                            rank, decay, span, m if clock is None else clock, clock_mul, clock_div,
+                            m if step_out == 0 else steps_out, step_next, logits if fuse else m,
                             logits.stride(0) if fuse else 1, target if fuse else m, partner if fuse else m,
                             lam if fuse else m, lse if fuse else m, num_classes if fuse else 1, MODE=mode,
-                            REWEIGHT=second_reweight, PRESELECTED=grid > 1, SINGLE=grid == 1, EPOCH=epoch is not None,
-                            FUSE_CE=fuse, ROWS=rows, BLOCK_K=block_k, BLOCK=block, num_warps=8)
-    if grid > 1:
+                            REWEIGHT=second_reweight, PRESELECTED=grid > 1, SINGLE=single, EPOCH=clock is not None,
+                            STEP_OUT=step_out, FUSE_CE=fuse, ROWS=rows, BLOCK_K=block_k, BLOCK=block, num_warps=8)
+    if not single:
         _sum_kernel[(1,)](part, loss, grid, batch, BLOCK=1024)
-    return loss, ma_new, lse, w
+        if second_reweight:
+            loss_ma_mixed.copy_(ma_out)
+        if steps_out is not None:
+            if clock is not None:
+                torch.add(clock.reshape(()).to(torch.int64), 1, out=steps_out)
+            else:
+                steps_out.fill_(step_next)
+    return loss, lse, w
 
 
 def mixed_ce(logits, target, partner, lam):

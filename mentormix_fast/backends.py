@@ -10,6 +10,15 @@ A backend implements the three fused operations of SPEC §4 for some devices:
 * ``mixed_loss(logits, target, partner, lam, loss_ma_mixed, epoch, config, weighting) ->
   (loss, new_loss_ma_mixed)``: steps 8-9, the loss differentiable w.r.t. ``logits``.
 
+A backend that sets ``updates_state_in_place = True`` also implements the step on a
+:class:`StepState` (the module's buffers), updating it in place, so that a step needs no copy
+launches: ``weights_and_sample_(logits, target, state, step, config, weighting, generator) ->
+(loss, weights, partner, lam)`` (updates ``loss_ma``, may advance ``rng``) and
+``mixed_loss_(logits, target, partner, lam, state, step, config, weighting) -> loss`` (updates
+``loss_ma_mixed`` when second reweighting, sets ``num_steps`` to ``step + 1``). ``step`` is an int
+or a 0-d integer tensor (possibly ``state.num_steps`` itself). :func:`step_weights_and_sample` and
+:func:`step_mixed_loss` give every backend this API (the functional one plus copies).
+
 A backend that sets ``supports_percentile_gather = True`` also accepts a keyword
 ``percentile_gather`` (a callable [B] -> [N], e.g. an all-gather) in ``weights_and_sample`` and
 ``mixed_loss``, and takes the percentile over its output; :class:`MentorMix` refuses the option with
@@ -22,6 +31,7 @@ tensors' device; ``"reference"`` always works.
 from __future__ import annotations
 
 import importlib
+from typing import NamedTuple
 
 import torch
 
@@ -132,6 +142,51 @@ def get_backend(name: str, device: torch.device):
     if not backend.supports(device):
         raise ValueError(f"backend: {name!r} does not support tensors on {device}")
     return backend
+
+
+class StepState(NamedTuple):
+    """The state one MentorMix step reads and updates (the module's buffers): ``loss_ma`` and
+    ``loss_ma_mixed`` (fp32, 0-d), ``num_steps`` (int64, 0-d), ``rng`` (int64 [2]: the Philox key
+    and step counter of backends that draw in their kernels)."""
+
+    loss_ma: torch.Tensor
+    loss_ma_mixed: torch.Tensor
+    num_steps: torch.Tensor
+    rng: torch.Tensor
+
+
+def _epoch(step, config: MentorMixConfig):
+    return reference.epoch_feature(step, config.total_steps)
+
+
+def step_weights_and_sample(backend, logits, target, state: StepState, step, config: MentorMixConfig, weighting,
+                            generator, **gather):
+    """Steps 2-6 with ``state.loss_ma`` updated: ``(loss, weights, partner, lam)``. In place where
+    the backend can (no ``percentile_gather``); else its functional API and a copy."""
+    if getattr(backend, "updates_state_in_place", False) and not gather:
+        return backend.weights_and_sample_(logits, target, state, step, config, weighting, generator)
+    out = backend.weights_and_sample(logits, target, state.loss_ma, _epoch(step, config), config, weighting,
+                                     generator, **gather)
+    state.loss_ma.copy_(out.loss_ma)
+    return out.loss, out.weights, out.partner, out.lam
+
+
+def step_mixed_loss(backend, logits, target, partner, lam, state: StepState, step, config: MentorMixConfig,
+                    weighting, **gather):
+    """Steps 8-9 with ``state.loss_ma_mixed`` updated and ``state.num_steps = step + 1``; returns
+    the loss (differentiable in ``logits``)."""
+    if getattr(backend, "updates_state_in_place", False) and not gather:
+        return backend.mixed_loss_(logits, target, partner, lam, state, step, config, weighting)
+    loss, new_ma2 = backend.mixed_loss(logits, target, partner, lam, state.loss_ma_mixed, _epoch(step, config), config,
+                                       weighting, **gather)
+    with torch.no_grad():  # small launches, no host sync
+        if config.second_reweight:
+            state.loss_ma_mixed.copy_(new_ma2)
+        if isinstance(step, torch.Tensor):
+            torch.add(step, 1, out=state.num_steps)
+        else:
+            state.num_steps.fill_(step + 1)
+    return loss
 
 
 register_backend(ReferenceBackend())

@@ -7,11 +7,20 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from . import reference, validation
-from .backends import get_backend, load_backends
+from . import validation
+from .backends import StepState, get_backend, load_backends, step_mixed_loss, step_weights_and_sample
 from .batchnorm import frozen_batchnorm_stats
 from .config import MentorMixConfig
 from .mentornet import MentorNet, mentornet_pd
+
+
+def _generator_seed(generator: torch.Generator | None) -> int:
+    """The seed of ``generator`` (of torch's default generator when None): the Philox key of
+    in-kernel draws, as torch's own CUDA generator keys its Philox stream with its seed. Read on the
+    host, without drawing, so the generator's stream (used per step by the other backends) is left
+    as it is; int64-ranged for the ``rng_state`` buffer."""
+    seed = torch.initial_seed() if generator is None else generator.initial_seed()
+    return seed & (2**63 - 1)
 
 
 class MentorMixPlan(NamedTuple):
@@ -40,7 +49,10 @@ class MentorMix(nn.Module):
             :class:`MentorNet` instance.
         loss_ma_decay: d of ``ma = d * ma + (1 - d) * percentile``.
         backend: "auto", "reference", or a name from :func:`mentormix_fast.backends`.
-        generator: torch.Generator for the partner and Beta draws (on the logits' device).
+        generator: torch.Generator for the partner and Beta draws (on the logits' device). Backends
+            that draw in their kernels (triton) key their Philox stream with its seed (torch's
+            initial seed when None) and count steps in ``rng_state``; reseeding it re-keys the
+            stream at the next eager step.
         validate: "auto" checks label values only where that needs no host sync (CPU tensors,
             outside torch.compile); True always; False never (bad labels then give a NaN loss).
         percentile_gather: None (default: the percentile of the local batch), or a callable mapping
@@ -49,8 +61,11 @@ class MentorMix(nn.Module):
             :func:`mentormix_fast.distributed.all_gather_cat` for the global batch under DDP. Only
             backends with ``supports_percentile_gather`` (the reference) implement it; others raise.
 
-    State (in ``state_dict``): ``loss_ma``, ``loss_ma_mixed`` (fp32 scalars) and ``num_steps``,
-    the step used when a call passes ``step=None`` (advanced by :meth:`mixed_loss`).
+    State (in ``state_dict``): ``loss_ma``, ``loss_ma_mixed`` (fp32 scalars), ``num_steps``, the
+    step used when a call passes ``step=None`` (advanced by :meth:`mixed_loss`), and ``rng_state``
+    (int64 [2]: Philox key and step counter of in-kernel draws, advanced by :meth:`plan`; so a run
+    resumed from a ``state_dict`` draws exactly what the uninterrupted run would have). Backends
+    that support it update these buffers inside their kernels (no copy launches).
     """
 
     def __init__(self, *, total_steps: int, percentile: float = 0.7, mixup_alpha: float = 8.0,
@@ -92,6 +107,8 @@ class MentorMix(nn.Module):
         self.register_buffer("loss_ma", torch.zeros((), dtype=torch.float32))
         self.register_buffer("loss_ma_mixed", torch.zeros((), dtype=torch.float32))
         self.register_buffer("num_steps", torch.zeros((), dtype=torch.int64))
+        self._keyed_by = _generator_seed(generator)
+        self.register_buffer("rng_state", torch.tensor([self._keyed_by, 0], dtype=torch.int64))
 
     # -- helpers ---------------------------------------------------------------------------------
 
@@ -118,9 +135,24 @@ class MentorMix(nn.Module):
             return device.type == "cpu" and not torch.compiler.is_compiling()
         return bool(self.validate)
 
-    def _epoch(self, step):
-        step = self.num_steps if step is None else validation.check_step(step, self.config.total_steps)
-        return step, reference.epoch_feature(step, self.config.total_steps)
+    def _step(self, step):
+        return self.num_steps if step is None else validation.check_step(step, self.config.total_steps)
+
+    def _state(self) -> StepState:
+        return StepState(self.loss_ma, self.loss_ma_mixed, self.num_steps, self.rng_state)
+
+    def _follow_reseeding(self) -> None:
+        # The in-kernel draws are keyed by the generator's seed. A generator reseeded since (e.g.
+        # per step, or torch.manual_seed after construction with generator=None) re-keys them: a
+        # host-side comparison each eager step, one small fill only when the seed changed.
+        # Traced steps keep their key (Dynamo cannot read a Generator).
+        if torch.compiler.is_compiling():
+            return
+        seed = _generator_seed(self.generator)
+        if seed != self._keyed_by:
+            self._keyed_by = seed
+            with torch.no_grad():
+                self.rng_state[0].fill_(seed)
 
     def _gather_kwargs(self, backend) -> dict:
         # Passed only when set, so backends without the option keep their plain signature.
@@ -146,13 +178,13 @@ class MentorMix(nn.Module):
         target = validation.check_target(target, logits.shape[0], logits.shape[1], device,
                                          self._check_values(device))
         self._follow(device)
-        _, epoch = self._epoch(step)
         backend = get_backend(self.backend, device)
         gather = self._gather_kwargs(backend)
-        out = backend.weights_and_sample(logits.detach(), target, self.loss_ma, epoch, self.config, self.weighting,
-                                         self.generator, **gather)
-        self.loss_ma.copy_(out.loss_ma)
-        return MentorMixPlan(out.loss, out.weights, out.partner, out.lam)
+        if getattr(backend, "updates_state_in_place", False):
+            self._follow_reseeding()
+        out = step_weights_and_sample(backend, logits.detach(), target, self._state(), self._step(step), self.config,
+                                      self.weighting, self.generator, **gather)
+        return MentorMixPlan(*out)
 
     def mix_inputs(self, x: torch.Tensor, plan: MentorMixPlan) -> torch.Tensor:
         """Step 7: ``lam_i * x_i + (1 - lam_i) * x_{partner_i}`` for x [B, ...] of a float dtype."""
@@ -172,19 +204,10 @@ class MentorMix(nn.Module):
         target = validation.check_target(target, batch, logits_mixed.shape[1], device, self._check_values(device))
         self._check_plan(plan, batch, device)
         self._follow(device)
-        step, epoch = self._epoch(step)
         backend = get_backend(self.backend, device)
         gather = self._gather_kwargs(backend)
-        loss, new_ma2 = backend.mixed_loss(logits_mixed, target, plan.partner, plan.lam, self.loss_ma_mixed, epoch,
-                                           self.config, self.weighting, **gather)
-        if self.config.second_reweight:
-            self.loss_ma_mixed.copy_(new_ma2)
-        with torch.no_grad():  # one small launch, no host sync
-            if isinstance(step, torch.Tensor):
-                torch.add(step, 1, out=self.num_steps)
-            else:
-                self.num_steps.fill_(step + 1)
-        return loss
+        return step_mixed_loss(backend, logits_mixed, target, plan.partner, plan.lam, self._state(), self._step(step),
+                               self.config, self.weighting, **gather)
 
     def forward(self, model: nn.Module, x: torch.Tensor, target: torch.Tensor, step=None) -> torch.Tensor:
         """One whole MentorMix step: first pass under no_grad (BatchNorm statistics untouched),

@@ -3,6 +3,7 @@ step under ``torch.compile(fullgraph=True)`` (CPU: Triton's interpreter inside t
 
 from __future__ import annotations
 
+import copy
 import os
 
 import pytest
@@ -34,9 +35,10 @@ def _inputs(b=16, k=7, dtype=torch.float32, device=DEVICE):
 def test_opcheck_weights_and_sample():
     z, y, u, beta, params, mode = _inputs()
     ma = torch.tensor(0.3, device=DEVICE)
-    torch.library.opcheck(OPS.triton_weights_and_sample.default, (z, y, ma, params, u, beta, 0.7, 0.5, mode, True))
-    torch.library.opcheck(OPS.triton_weights_and_sample.default, (z, y, ma, params, u[:0], beta[:0], 0.7, 0.5, 0,
-                                                                   False))
+    torch.library.opcheck(OPS.triton_weights_and_sample.default,
+                          (z, y, ma, None, params, u, beta, 0.7, 0.5, mode, True))
+    torch.library.opcheck(OPS.triton_weights_and_sample.default,
+                          (z, y, ma, None, params, u[:0], beta[:0], 0.7, 0.5, 0, False))
 
 
 def test_opcheck_mix():
@@ -48,13 +50,16 @@ def test_opcheck_mix():
 
 @pytest.mark.parametrize("second_reweight", [True, False])
 def test_opcheck_mixed_loss(second_reweight):
+    """The mutating forward op (its autograd formula is ``_MixedLoss``, checked with the kernels)."""
     z, y, _, _, params, mode = _inputs()
-    z.requires_grad_(True)
     partner = torch.randperm(16, generator=torch.Generator().manual_seed(0)).to(DEVICE)
     lam = torch.rand(16, device=DEVICE)
     ma2 = torch.tensor(0.5, device=DEVICE)
+    steps = torch.tensor(7, device=DEVICE)
     torch.library.opcheck(OPS.triton_mixed_loss.default,
-                          (z, y, partner, lam, ma2, params, 0.6, 0.5, mode, second_reweight))
+                          (z, y, partner, lam, ma2, None, params, 0.6, 0.5, mode, second_reweight))
+    torch.library.opcheck(OPS.triton_mixed_loss.default,
+                          (z, y, partner, lam, ma2, steps, params, 0.6, 0.5, mode, second_reweight, None, 1, 1, 8))
 
 
 def _step(backend, config, weighting, z1, y, x, u, beta, w_net, ma, ma2, epoch):
@@ -100,54 +105,78 @@ def test_opcheck_split_ops():
     loss = OPS.triton_ce(z.detach(), y)
     torch.library.opcheck(OPS.triton_ce.default, (z.detach(), y))
     pool = torch.cat([loss, loss + 1])
-    torch.library.opcheck(OPS.triton_plan.default, (loss, pool, torch.tensor(0.2, device=DEVICE), params, u, beta,
-                                                    0.7, 0.5, mode, True))
+    torch.library.opcheck(OPS.triton_plan.default, (loss, pool, torch.tensor(0.2, device=DEVICE), None, params, u,
+                                                    beta, 0.7, 0.5, mode, True))
     partner = torch.randperm(16, generator=torch.Generator().manual_seed(0)).to(DEVICE)
     torch.library.opcheck(OPS.triton_mixed_ce.default, (z, y, partner, torch.rand(16, device=DEVICE)))
 
 
 @pytest.mark.slow
-def test_compiled_module_forward_fullgraph():
-    """The public MentorMix step (two passes, plan, mix, mixed loss, state updates) in one graph."""
+@pytest.mark.parametrize("step_arg", ["buffer", "tensor"])
+def test_compiled_module_matches_eager_module(step_arg):
+    """The public MentorMix step (two passes, plan, mix, mixed loss, in-place state updates) in one
+    graph, with a generator (only its seed is read, at construction): compiled and eager modules
+    with the same seed give the same loss, gradients and state, step after step."""
     torch._dynamo.reset()
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 5)).to(DEVICE)
-    mm = mf.MentorMix(total_steps=100, backend="triton", burn_in_epoch=2).to(DEVICE)
-    step = torch.compile(lambda x, y: mm(net, x, y), fullgraph=True)
-    x, y = torch.randn(32, 8, device=DEVICE), torch.randint(0, 5, (32,), device=DEVICE)
-    for _ in range(2):
-        loss = step(x, y)
+    net_c = copy.deepcopy(net)
+
+    def module():
+        return mf.MentorMix(total_steps=100, backend="triton", burn_in_epoch=2,
+                            generator=torch.Generator(device=DEVICE).manual_seed(5)).to(DEVICE)
+
+    mm, mm_c = module(), module()
+    if step_arg == "buffer":
+        step_c = torch.compile(lambda x, y: mm_c(net_c, x, y), fullgraph=True)
+    else:
+        step_c = torch.compile(lambda x, y, t: mm_c(net_c, x, y, step=t), fullgraph=True)
+    g = torch.Generator().manual_seed(1)
+    for t in range(3):
+        x, y = torch.randn(32, 8, generator=g).to(DEVICE), torch.randint(0, 5, (32,), generator=g).to(DEVICE)
+        args = (x, y) if step_arg == "buffer" else (x, y, torch.tensor(40 + t, device=DEVICE))
+        loss = mm(net, x, y, step=None if step_arg == "buffer" else args[2])
+        loss_c = step_c(*args)
         loss.backward()
-    assert torch.isfinite(loss) and int(mm.num_steps) == 2 and float(mm.loss_ma) > 0
+        loss_c.backward()
+        torch.testing.assert_close(loss_c, loss, rtol=1e-5, atol=1e-6)
+        for name, buf in mm.named_buffers():
+            torch.testing.assert_close(dict(mm_c.named_buffers())[name], buf, rtol=1e-5, atol=1e-6, msg=name)
+        for p, p_c in zip(net.parameters(), net_c.parameters(), strict=True):
+            torch.testing.assert_close(p_c.grad, p.grad, rtol=1e-4, atol=1e-6)
+    assert int(mm_c.num_steps) == (3 if step_arg == "buffer" else 43)
+    assert int(mm_c.rng_state[1]) == 3 and float(mm_c.loss_ma) > 0
 
 
 def test_opcheck_in_kernel_draws_and_epoch_row():
-    """The optional ``seed``/``alpha``/``epoch`` arguments: Philox seeds drawn once per step, the
-    folded table with the epoch read in the kernels."""
+    """The optional ``rng``/``alpha``/``clock`` arguments: the Philox state advanced in place, the
+    folded table with the row computed from the clock in the kernels."""
     from mentormix_fast.triton_backend import fold_table
 
     z, y, u, beta, _, mode = _inputs()
     table, _ = fold_table(mf.mentornet_pd(), 10, DEVICE)
-    seed = torch.tensor([3, 5], dtype=torch.int64, device=DEVICE)
+    rng = torch.tensor([3, 5], dtype=torch.int64, device=DEVICE)
     epoch = torch.tensor([40], device=DEVICE)
+    step = torch.tensor([400], device=DEVICE)
     ma = torch.tensor(0.3, device=DEVICE)
     empty = torch.empty(0, device=DEVICE)
     torch.library.opcheck(OPS.triton_weights_and_sample.default,
-                          (z, y, ma, table, empty, empty, 0.7, 0.5, mode, True, seed, 8.0, epoch))
+                          (z, y, ma, rng, table, empty, empty, 0.7, 0.5, mode, True, 8.0, epoch))
     torch.library.opcheck(OPS.triton_weights_and_sample.default,
-                          (z, y, ma, table, empty, empty, 0.7, 0.5, mode, True, seed, 0.3, epoch))
-    plan = OPS.triton_weights_and_sample(z, y, ma, table, empty, empty, 0.7, 0.5, mode, True, seed, 8.0, epoch)
+                          (z, y, ma, rng, table, empty, empty, 0.7, 0.5, mode, True, 0.3, step, 100, 1000))
+    plan = OPS.triton_weights_and_sample(z, y, ma, rng, table, empty, empty, 0.7, 0.5, mode, True, 8.0, epoch)
     torch.library.opcheck(OPS.triton_mixed_loss.default,
-                          (z.clone().requires_grad_(), y, plan[2], plan[3], ma, table, 0.6, 0.5, mode, True, epoch))
+                          (z, y, plan[2], plan[3], ma, step, table, 0.6, 0.5, mode, True, step, 100, 1000))
     loss = OPS.triton_ce(z, y)
     torch.library.opcheck(OPS.triton_plan.default,
-                          (loss, loss, ma, table, empty, empty, 0.7, 0.5, mode, True, seed, 8.0, epoch))
+                          (loss, loss, ma, rng, table, empty, empty, 0.7, 0.5, mode, True, 8.0, epoch))
 
 
 @pytest.mark.slow
 def test_compiled_step_with_in_kernel_draws():
-    """generator=None under torch.compile(fullgraph=True): the step's Philox seeds come from torch's
-    global RNG inside the graph (fallback_random: the eager op, so the same seeds as eager)."""
+    """The functional API with generator=None under torch.compile(fullgraph=True): the step's Philox
+    state comes from torch's global RNG inside the graph (fallback_random: the eager op, so the
+    same state as eager)."""
     torch._dynamo.reset()
     tri = get_backend("triton", torch.device(DEVICE))
     config = cfg(second_reweight=True)
@@ -160,7 +189,7 @@ def test_compiled_step_with_in_kernel_draws():
     def f(z1, z2, y, ma, ma2, epoch):
         plan = tri.weights_and_sample(z1, y, ma, epoch, config, weighting, None)
         loss, new_ma2 = tri.mixed_loss(z2, y, plan.partner, plan.lam, ma2, epoch, config, weighting)
-        return loss, new_ma2, plan.partner, plan.lam
+        return loss, new_ma2, plan.partner, plan.lam, plan.loss_ma
 
     torch.manual_seed(0)
     eager = f(z1, z2, y, ma, ma2, epoch)
@@ -170,3 +199,4 @@ def test_compiled_step_with_in_kernel_draws():
     for a, b in zip(comp, eager, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     assert ((eager[3] >= 0) & (eager[3] <= 1)).all()
+    assert float(ma) == pytest.approx(0.4) and float(ma2) == pytest.approx(0.6)  # functional: inputs untouched

@@ -120,6 +120,47 @@ def test_cuda_graph_capture_with_generator_draws():
     assert not torch.equal(first, out.lam)  # the default generator advances on every replay
 
 
+def test_cuda_graph_captures_the_module_step():
+    """The public step (both passes, plan, mix, mixed loss, gradient) in one CUDA graph: the kernels
+    update the module's buffers, so every replay is the next step (num_steps, the moving averages
+    and the Philox counter advance) and equals an eager module with the same seed, step for step."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10)).cuda()
+
+    def module():
+        return mf.MentorMix(total_steps=100, backend="triton", burn_in_epoch=2, validate=False,
+                            generator=torch.Generator(device="cuda").manual_seed(3)).cuda()
+
+    graphed, eager_mm = module(), module()
+    x, y = torch.randn(256, 8, device="cuda"), torch.randint(0, 10, (256,), device="cuda")
+
+    def step(mm):
+        with torch.no_grad():
+            z1 = net(x)
+        plan = mm.plan(z1, y)
+        loss = mm.mixed_loss(net(mm.mix_inputs(x, plan)), y, plan)
+        (grad,) = torch.autograd.grad(loss, net[0].weight)
+        return loss, grad, plan.partner, plan.lam
+
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        for mm in (graphed, graphed, eager_mm, eager_mm):  # warm-up (compiles); both modules 2 steps on
+            step(mm)
+    torch.cuda.current_stream().wait_stream(s)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = step(graphed)
+    for t in range(3):
+        graph.replay()
+        want = step(eager_mm)
+        for a, b in zip(out, want, strict=True):
+            torch.testing.assert_close(a, b)
+        for name, buf in eager_mm.named_buffers():
+            torch.testing.assert_close(dict(graphed.named_buffers())[name], buf, msg=name)
+        assert int(graphed.num_steps) == 3 + t and int(graphed.rng_state[1]) == 3 + t
+
+
 @pytest.mark.parametrize("second_reweight", [True, False])
 def test_200_steps_same_loss_curve(second_reweight):
     with reference_draws():  # in-kernel draws differ from the reference's stream: give it the same draws

@@ -387,22 +387,34 @@ def test_same_draws_many_programs(monkeypatch):
 @contextlib.contextmanager
 def reference_draws():
     """The Triton backend given the reference backend's draws (explicit ``uniform``/``beta`` from
-    the module's generator, in the reference's order): the module end to end on identical draws."""
+    the module's generator, in the reference's order, instead of its Philox state): the module end
+    to end on identical draws, through the same in-place state updates as without the patch."""
     from mentormix_fast.triton_backend import TritonBackend
 
-    orig = TritonBackend.weights_and_sample
+    orig_plan, orig_functional = TritonBackend._plan, TritonBackend.weights_and_sample
 
-    def patched(self, logits, target, loss_ma, epoch, config, weighting, generator, uniform=None, beta=None, **kw):
+    def draws(logits, generator, config):
+        batch = logits.shape[0]
+        return (ref.draw_uniform(batch, generator, logits.device),
+                ref.draw_beta(config.mixup_alpha, batch, generator, logits.device))
+
+    def plan(self, logits, target, loss_ma, rng, epoch, clock_mul, clock_div, config, weighting, generator, uniform,
+             beta, gather):
         if config.mixup_alpha > 0 and uniform is None and beta is None:
-            uniform = ref.draw_uniform(logits.shape[0], generator, logits.device)
-            beta = ref.draw_beta(config.mixup_alpha, logits.shape[0], generator, logits.device)
-        return orig(self, logits, target, loss_ma, epoch, config, weighting, generator, uniform, beta, **kw)
+            (uniform, beta), rng = draws(logits, generator, config), None
+        return orig_plan(self, logits, target, loss_ma, rng, epoch, clock_mul, clock_div, config, weighting,
+                         generator, uniform, beta, gather)
 
-    TritonBackend.weights_and_sample = patched
+    def functional(self, logits, target, loss_ma, epoch, config, weighting, generator, uniform=None, beta=None, **kw):
+        if config.mixup_alpha > 0 and uniform is None and beta is None:
+            uniform, beta = draws(logits, generator, config)
+        return orig_functional(self, logits, target, loss_ma, epoch, config, weighting, generator, uniform, beta, **kw)
+
+    TritonBackend._plan, TritonBackend.weights_and_sample = plan, functional
     try:
         yield
     finally:
-        TritonBackend.weights_and_sample = orig
+        TritonBackend._plan, TritonBackend.weights_and_sample = orig_plan, orig_functional
 
 
 def _train(backend, steps, device, second_reweight=True, dtype=torch.float32):
