@@ -142,6 +142,26 @@ def time_step(step: Step, warmup: int = 3, min_time: float = 0.2, rounds: int = 
     return per_call[len(per_call) // 2]
 
 
+def device_launches(step: Step) -> int | None:
+    """Device operations (kernels, memsets, memcpys) one ``step.run()`` puts on the GPU, from the
+    profiler's CUDA activity (the issue's launch budget, measured where it applies); None on the
+    CPU or when the profiler cannot say."""
+    if step.device != "cuda":
+        return None
+    try:
+        from torch.autograd import DeviceType
+        from torch.profiler import ProfilerActivity, profile
+
+        step.run()
+        synchronize(step.device)
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            step.run()
+            synchronize(step.device)
+        return sum(1 for e in prof.events() if e.device_type == DeviceType.CUDA)
+    except Exception:  # a profiler problem must not stop the timings
+        return None
+
+
 def copy_bandwidth(device: str, nbytes: int | None = None) -> float:
     """Measured device copy bandwidth in bytes/s (read + write), from a large ``copy_``."""
     nbytes = nbytes or ((1 << 30) if device == "cuda" else (64 << 20))

@@ -5,7 +5,8 @@
 
 Columns: time per step (median), speed-up against the eager reference and against
 ``torch.compile`` of the reference (same run), and achieved bandwidth (minimal bytes / time) as a
-fraction of the measured copy bandwidth. Without a GPU the Triton backend runs in its interpreter
+fraction of the measured copy bandwidth, and on a GPU the device operations per step (profiler).
+Without a GPU the Triton backend runs in its interpreter
 (TRITON_INTERPRET=1): that checks the harness, the timings are not meaningful.
 """
 
@@ -50,11 +51,12 @@ def main(argv=None) -> dict:
     for dtype_name in args.dtypes:
         dtype = harness.DTYPES[dtype_name]
         for b, k in cases:
-            times = {}
+            times, launches = {}, {}
             for name in names:
                 try:
-                    times[name] = harness.time_step(harness.make_step(name, b, k, dtype, device),
-                                                    min_time=args.min_time)
+                    step = harness.make_step(name, b, k, dtype, device)
+                    times[name] = harness.time_step(step, min_time=args.min_time)
+                    launches[name] = harness.device_launches(step)
                 except Exception as exc:  # one failing variant must not hide the others
                     print(f"  {name} B={b} K={k} {dtype_name}: {type(exc).__name__}: {exc}", file=sys.stderr)
             nbytes = harness.minimal_bytes(b, k, dtype)
@@ -62,16 +64,19 @@ def main(argv=None) -> dict:
                 rows.append(dict(variant=name, batch=b, classes=k, dtype=dtype_name, seconds=sec,
                                  speedup_vs_reference=times.get("reference", float("nan")) / sec,
                                  speedup_vs_compiled=times.get(harness.COMPILED, float("nan")) / sec,
-                                 minimal_bytes=nbytes, fraction_of_copy_bw=nbytes / sec / copy_bw))
+                                 minimal_bytes=nbytes, fraction_of_copy_bw=nbytes / sec / copy_bw,
+                                 device_launches=launches.get(name)))
 
-    header = f"{'variant':<20}{'dtype':<6}{'B':>8}{'K':>8}{'ms/step':>11}{'x ref':>8}{'x comp':>8}{'% copy bw':>11}"
+    header = (f"{'variant':<20}{'dtype':<6}{'B':>8}{'K':>8}{'ms/step':>11}{'x ref':>8}{'x comp':>8}{'% copy bw':>11}"
+              f"{'launches':>10}")
     print(f"device: {harness.device_name(device)}; copy bandwidth {copy_bw / 1e9:.1f} GB/s")
     print(header)
     print("-" * len(header))
     for r in rows:
         print(f"{r['variant']:<20}{r['dtype']:<6}{r['batch']:>8}{r['classes']:>8}{r['seconds'] * 1e3:>11.3f}"
               f"{r['speedup_vs_reference']:>8.2f}{r['speedup_vs_compiled']:>8.2f}"
-              f"{100 * r['fraction_of_copy_bw']:>10.1f}%")
+              f"{100 * r['fraction_of_copy_bw']:>10.1f}%"
+              f"{'-' if r['device_launches'] is None else r['device_launches']:>10}")
 
     now = datetime.datetime.now(datetime.UTC)
     result = dict(device=harness.device_name(device), date=now.isoformat(timespec="seconds"),

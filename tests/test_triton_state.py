@@ -95,6 +95,16 @@ def test_in_place_state_equals_functional_plus_copies(request, monkeypatch, seco
     assert [int(s[5]["num_steps"]) for s in a] == [t + 1 for t in STEPS]
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_in_place_state_equals_functional_plus_copies_half(monkeypatch, dtype):
+    batches = _batches(len(STEPS), dtype=dtype)
+    with reference_draws():
+        a = _run(_module(), batches, STEPS)
+        b = _run(_module(), batches, STEPS, functional=True, monkeypatch=monkeypatch)
+    _assert_same(a, b)
+    assert a[0][1].dtype == dtype  # the gradient comes back in the logits' dtype
+
+
 @pytest.mark.parametrize("path", ["one-program", "many-programs"])
 def test_step_as_int_tensor_or_buffer_gives_the_same_step(request, path):
     """The epoch row computed in the kernel from a step tensor (e = min(100 t // T, 99)) equals the
