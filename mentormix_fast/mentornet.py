@@ -112,6 +112,38 @@ class MentorNet(nn.Module):
         return net
 
 
+# The folded layout of SPEC §5: offsets into the fp32 vector the kernels take.
+FOLD_LSTM = 0  # 2 x 6 gate coefficients (forward, backward)
+FOLD_CFW = 12  # W1[7]
+FOLD_CBW = FOLD_CFW + NUM_FC_NODES  # W1[8]
+FOLD_OUT = FOLD_CBW + NUM_FC_NODES  # W2[:, 0] + b2
+FOLD_BASE = FOLD_OUT + NUM_FC_NODES  # [100, 20] per-epoch base vectors
+FOLD_SIZE = FOLD_BASE + NUM_EPOCHS * NUM_FC_NODES
+
+
+@torch.no_grad()
+def fold_mentornet(net: MentorNet | None, device=None) -> torch.Tensor:
+    """The MentorNet as every kernel takes it (SPEC §5): fp32 [2072], or an empty tensor for
+    ``None`` (the threshold weighting). Per step the label feature is 0 and the epoch is shared by
+    the batch, so ``E_l[0] W1[0:2] + E_e[e] W1[2:7] + b1`` is one [20] vector per epoch e, and only
+    rows 0-1 and gate columns i, j of each LSTM kernel meet non-zero inputs."""
+    if net is None:
+        return torch.empty(0, dtype=torch.float32, device=device)
+    w1 = net.fc1_weight.double()
+    emb = net.epoch_embedding.double()
+    epochs = torch.arange(NUM_EPOCHS, device=emb.device).clamp_max(emb.shape[0] - 1)
+    base = net.label_embedding[0].double() @ w1[0:2] + emb[epochs] @ w1[2:7] + net.fc1_bias.double()
+
+    def gates(kernel, bias):
+        return torch.stack([kernel[0, 0], kernel[1, 0], bias[0], kernel[0, 1], kernel[1, 1], bias[1]]).double()
+
+    parts = [gates(net.lstm_fw_kernel, net.lstm_fw_bias), gates(net.lstm_bw_kernel, net.lstm_bw_bias), w1[7], w1[8],
+             (net.fc2_weight[:, 0] + net.fc2_bias).double(), base.reshape(-1)]
+    folded = torch.cat(parts).to(device=device if device is not None else w1.device, dtype=torch.float32)
+    assert folded.numel() == FOLD_SIZE
+    return folded.contiguous()
+
+
 def mentornet_pd() -> MentorNet:
     """The package's MentorNet-PD (trained by ``python -m mentormix_fast.train_mentornet``), frozen."""
     text = resources.files("mentormix_fast").joinpath("data", PD_WEIGHTS_FILE).read_text()
