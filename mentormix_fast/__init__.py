@@ -7,7 +7,7 @@ Public API: :class:`MentorMix` (the loss module), :class:`MentorMixPlan`, :class
 """
 
 from .autograd import MentorMixLossFunction
-from .backends import backends
+from .dispatch import backends
 from .batchnorm import frozen_batchnorm_stats
 from .config import MentorMixConfig
 from .mentornet import MentorNet, mentornet_pd

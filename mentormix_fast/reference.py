@@ -1,4 +1,4 @@
-"""Plain-PyTorch reference of every MentorMix step (../shared/SPEC.md §1).
+"""Plain-PyTorch reference of every MentorMix step (docs/SPEC.md §1).
 
 These functions define the semantics that every backend must reproduce. They are pure (no state,
 no randomness): random draws come in as arguments (``uniform`` for partner sampling, ``beta`` for
@@ -8,8 +8,9 @@ Shapes: ``B`` examples, ``K`` classes; logits ``[B, K]``, labels ``[B]`` (int64)
 vectors ``[B]``. Per-example losses are returned in float32 for fp16/bf16/fp32 logits and in
 float64 for float64 logits (so gradcheck can run on the reference).
 
-Non-finite values (documented behaviour):
-  * a row with NaN/inf logits, or a label outside ``[0, K)``, gets a NaN (or +inf) loss;
+Non-finite values and bad indices (SPEC §4.1):
+  * a row with NaN/inf logits, a label outside ``[0, K)`` or a partner outside ``[0, B)`` gets a
+    NaN (or +inf) loss, and ``mix_inputs`` a NaN row (never a wrapped-around index);
   * for the percentile, non-finite losses rank as +inf (the largest, most suspect losses);
   * a moving average skips a step whose percentile is non-finite, so it never becomes NaN/inf;
   * a non-finite loss gets weight 0 (MentorNet and threshold alike);
@@ -33,12 +34,13 @@ def epoch_feature(step, total_steps: int):
     """``e = min(floor(100 * step / total_steps), 99)``: the percentage of the step budget.
 
     ``step`` may be a Python int (exact integer arithmetic) or an integer tensor (computed on its
-    device without a host synchronisation). Returns the same kind.
+    device without a host synchronisation), clamped to ``[0, total_steps]`` first (SPEC §1.1).
+    Returns the same kind.
     """
     if isinstance(step, torch.Tensor):
-        e = torch.div(step.to(torch.int64) * 100, total_steps, rounding_mode="floor")
-        return e.clamp(0, 99)
-    return max(0, min((100 * int(step)) // int(total_steps), 99))
+        t = step.to(torch.int64).clamp(0, total_steps)
+        return torch.div(t * 100, total_steps, rounding_mode="floor").clamp_max(99)
+    return min((100 * min(max(int(step), 0), int(total_steps))) // int(total_steps), 99)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -56,6 +58,20 @@ def _safe_gather(z: torch.Tensor, index: torch.Tensor) -> tuple[torch.Tensor, to
     in_range = (index >= 0) & (index < num_classes)
     picked = z.gather(1, index.clamp(0, num_classes - 1).unsqueeze(1)).squeeze(1)
     return picked, in_range
+
+
+def partner_labels(target: torch.Tensor, partner: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(y_{j_i}, partner in range)``: partners outside ``[0, B)`` read row 0 and are flagged
+    (Python's negative indexing must not pick a wrong row)."""
+    batch = target.shape[0]
+    ok = (partner >= 0) & (partner < batch)
+    return target[torch.where(ok, partner, torch.zeros_like(partner))], ok
+
+
+def rows_in_range(target: torch.Tensor, partner: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Rows whose label, partner and partner's label are all in range: [B] bool."""
+    yb, ok = partner_labels(target, partner)
+    return ok & (target >= 0) & (target < num_classes) & (yb >= 0) & (yb < num_classes)
 
 
 def per_sample_ce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -176,9 +192,13 @@ def mix_lambda(beta: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
 
 
 def mix_inputs(x: torch.Tensor, partner: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
-    """``x~_i = lam_i * x_i + (1 - lam_i) * x_{j_i}`` for x of shape [B, ...], in x's dtype."""
-    lam_b = lam.to(x.dtype).reshape((-1,) + (1,) * (x.dim() - 1))
-    return lam_b * x + (1.0 - lam_b) * x[partner]
+    """``x~_i = lam_i * x_i + (1 - lam_i) * x_{j_i}`` for x of shape [B, ...], in x's dtype; a
+    partner outside ``[0, B)`` gives a NaN row."""
+    shape = (-1,) + (1,) * (x.dim() - 1)
+    lam_b = lam.to(x.dtype).reshape(shape)
+    ok = (partner >= 0) & (partner < x.shape[0])
+    mixed = lam_b * x + (1.0 - lam_b) * x[torch.where(ok, partner, torch.zeros_like(partner))]
+    return torch.where(ok.reshape(shape), mixed, torch.full_like(mixed, math.nan))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -190,18 +210,22 @@ def mixed_ce(logits: torch.Tensor, target: torch.Tensor, partner: torch.Tensor, 
     """``m_i = logsumexp(z_i) - lam_i * z_i[y_i] - (1 - lam_i) * z_i[y_{j_i}]``; [B] (differentiable)."""
     z = logits.to(_compute_dtype(logits.dtype))
     lam = lam.to(z.dtype)
+    yb, partner_ok = partner_labels(target, partner)
     picked_a, ok_a = _safe_gather(z, target)
-    picked_b, ok_b = _safe_gather(z, target[partner])
+    picked_b, ok_b = _safe_gather(z, yb)
     m = torch.logsumexp(z, dim=1) - lam * picked_a - (1.0 - lam) * picked_b
-    return torch.where(ok_a & ok_b, m, torch.full_like(m, math.nan))
+    return torch.where(ok_a & ok_b & partner_ok, m, torch.full_like(m, math.nan))
 
 
 def soft_targets(target: torch.Tensor, partner: torch.Tensor, lam: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """``y~_i = lam_i * onehot(y_i) + (1 - lam_i) * onehot(y_{j_i})``; [B, K]."""
+    """``y~_i = lam_i * onehot(y_i) + (1 - lam_i) * onehot(y_{j_i})``; [B, K] (a row with an index
+    out of range is 0)."""
     lam = lam.unsqueeze(1)
-    a = torch.nn.functional.one_hot(target, num_classes).to(lam.dtype)
-    b = torch.nn.functional.one_hot(target[partner], num_classes).to(lam.dtype)
-    return lam * a + (1.0 - lam) * b
+    yb, _ = partner_labels(target, partner)
+    ok = rows_in_range(target, partner, num_classes).unsqueeze(1)
+    a = torch.nn.functional.one_hot(target.clamp(0, num_classes - 1), num_classes).to(lam.dtype)
+    b = torch.nn.functional.one_hot(yb.clamp(0, num_classes - 1), num_classes).to(lam.dtype)
+    return torch.where(ok, lam * a + (1.0 - lam) * b, torch.zeros_like(a))
 
 
 def weighted_mean(m: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
@@ -212,10 +236,12 @@ def weighted_mean(m: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor
 
 
 def mixed_loss_grad(logits, target, partner, lam, weights, grad_output=1.0) -> torch.Tensor:
-    """Closed form ``dL/dz_i = g * w_i / B * (softmax(z_i) - y~_i)`` in the compute dtype; [B, K]."""
+    """Closed form ``dL/dz_i = g * w_i / B * (softmax(z_i) - y~_i)`` in the compute dtype; [B, K].
+    Rows whose label or partner is out of range (a constant NaN loss) get 0."""
     z = logits.to(_compute_dtype(logits.dtype))
     y = soft_targets(target, partner, lam.to(z.dtype), z.shape[1])
     w = torch.ones(z.shape[0], dtype=z.dtype, device=z.device) if weights is None else weights.to(z.dtype)
+    w = torch.where(rows_in_range(target, partner, z.shape[1]), w, torch.zeros_like(w))
     return (torch.softmax(z, dim=1) - y) * (w / z.shape[0]).unsqueeze(1) * grad_output
 
 
@@ -230,13 +256,16 @@ def draw_uniform(batch: int, generator: torch.Generator | None, device) -> torch
 
 
 def draw_beta(alpha: float, batch: int, generator: torch.Generator | None, device) -> torch.Tensor:
-    """``b ~ Beta(alpha, alpha)``, [B] float32, as ``G1 / (G1 + G2)`` with ``G ~ Gamma(alpha)``."""
-    conc = torch.full((2, batch), float(alpha), dtype=torch.float32, device=device)
-    g = torch._standard_gamma(conc, generator=generator)
-    total = g[0] + g[1]
-    # Two gamma draws that both underflow (tiny alpha) mean an extreme Beta draw: pick 0 or 1 evenly.
-    fallback = (g[0] >= g[1]).to(torch.float32)
-    return torch.where(total > 0, g[0] / total.clamp_min(torch.finfo(torch.float32).tiny), fallback)
+    """``b ~ Beta(alpha, alpha)``, [B] float32, as ``sigmoid(log G1 - log G2)`` with ``G ~ Gamma(alpha)``
+    drawn in log space (SPEC §4.2): for alpha < 1, ``log G(a) = log G(a + 1) + log(U) / a``, so
+    tiny alpha gives b near 0 or 1 with equal probability instead of underflowing gamma draws."""
+    boost = alpha < 1.0
+    conc = torch.full((2, batch), float(alpha) + (1.0 if boost else 0.0), dtype=torch.float64, device=device)
+    log_g = torch.log(torch._standard_gamma(conc, generator=generator))
+    if boost:
+        u = torch.rand((2, batch), generator=generator, dtype=torch.float64, device=device)
+        log_g = log_g + torch.log1p(-u) / float(alpha)
+    return torch.sigmoid(log_g[0] - log_g[1]).to(torch.float32)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -255,18 +284,17 @@ class WeightsAndSample(NamedTuple):
 
 
 def weights_and_sample(
-    logits, target, loss_ma, epoch, *, percentile, decay, weighting, burn_in_epoch, alpha, uniform, beta,
-    percentile_gather=None
+    logits, target, loss_ma, epoch, *, percentile, decay, weighting, burn_in_epoch, alpha, uniform, beta, pool=None
 ) -> WeightsAndSample:
     """Steps 2-6 on given draws (``uniform`` [B] in [0, 1), ``beta`` [B] Beta(alpha, alpha) samples).
 
     ``alpha <= 0`` means no mixing: ``partner = arange(B)`` and ``lam = 1`` (draws unused).
-    ``percentile_gather`` (optional): maps the local losses [B] to the values the percentile is taken
-    over, e.g. the all-gathered [B * world] losses of a distributed batch; None: the local losses.
+    ``pool`` (optional): the values the percentile is taken over, e.g. the all-gathered [B * world]
+    losses of a distributed batch; None: the batch's losses.
     """
     with torch.no_grad():
         loss = per_sample_ce(logits, target)
-        q = percentile_nearest(loss if percentile_gather is None else percentile_gather(loss), percentile)
+        q = percentile_nearest(loss if pool is None else pool.to(loss.dtype), percentile)
         new_ma = update_moving_average(loss_ma, q, decay)
         v = sample_weights(weighting, loss, new_ma, epoch, burn_in_epoch)
         if alpha > 0:
@@ -289,17 +317,17 @@ class MixedLossStep(NamedTuple):
 
 def mixed_loss_step(
     logits_mixed, target, partner, lam, loss_ma_mixed, epoch, *, second_reweight, percentile, decay, weighting,
-    burn_in_epoch, percentile_gather=None
+    burn_in_epoch, pool=None
 ) -> MixedLossStep:
     """Steps 8-9: ``L = mean(m)``, or with ``second_reweight`` ``L = sum(v2 * m) / B`` where v2 are
     the step-4 weights of ``m`` against its own moving average ``ma2`` (a constant).
-    ``percentile_gather``: as in :func:`weights_and_sample`, for the percentile of ``m``."""
+    ``pool``: as in :func:`weights_and_sample`, the values the percentile of ``m`` is taken over."""
     m = mixed_ce(logits_mixed, target, partner, lam)
     if not second_reweight:
         return MixedLossStep(m.mean(), m, None, loss_ma_mixed)
     with torch.no_grad():
         md = m.detach()
-        pool = md if percentile_gather is None else percentile_gather(md)
-        new_ma2 = update_moving_average(loss_ma_mixed, percentile_nearest(pool, percentile), decay)
+        values = md if pool is None else pool.to(md.dtype)
+        new_ma2 = update_moving_average(loss_ma_mixed, percentile_nearest(values, percentile), decay)
         v2 = sample_weights(weighting, md, new_ma2, epoch, burn_in_epoch)
     return MixedLossStep(weighted_mean(m, v2), m, v2, new_ma2)

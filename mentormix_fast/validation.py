@@ -47,6 +47,14 @@ def check_target(target, batch: int, num_classes: int, device: torch.device, che
     return target
 
 
+def check_index_values(index: torch.Tensor, size: int, name: str) -> None:
+    """Every value of ``index`` in ``[0, size)`` (reads the tensor: a host sync on a GPU)."""
+    if index.numel():
+        lo, hi = int(index.min()), int(index.max())
+        if lo < 0 or hi >= size:
+            raise ValueError(f"{name}: indices must be in [0, {size}) (the batch), got values in [{lo}, {hi}]")
+
+
 def check_probability(value, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 <= float(value) <= 1.0:
         raise ValueError(f"{name}: must be a number in [0, 1], got {value!r}")
@@ -67,7 +75,8 @@ def check_total_steps(value) -> int:
 
 
 def check_step(step, total_steps: int):
-    """An int in [0, total_steps], or an integer 0-d tensor (not read: no host synchronisation)."""
+    """An int in [0, total_steps], or an integer 0-d tensor (not read: no host synchronisation; the
+    kernels clamp it to [0, total_steps] for the epoch, SPEC §1.1)."""
     if isinstance(step, torch.Tensor):
         if step.dim() != 0 or step.dtype.is_floating_point or step.dtype == torch.bool:
             raise ValueError(f"step: a tensor step must be a 0-d integer tensor, got {step.dtype} {tuple(step.shape)}")

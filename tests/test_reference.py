@@ -154,6 +154,19 @@ def test_beta_draws_match_beta_distribution(alpha):
     assert ks < 1.95 * math.sqrt(2 / n)
 
 
+@pytest.mark.parametrize("alpha", [1e-8, 1e-3, 0.01])
+def test_tiny_alpha_gives_extreme_draws_evenly(alpha):
+    """Gamma draws of tiny shape underflow (torch clamps them to the smallest normal float), so the
+    draws are made in log space: b is near 0 or 1, each half of the time, never stuck at 1/2."""
+    b = ref.draw_beta(alpha, 20_000, torch.Generator().manual_seed(1), "cpu").double()
+    lam = torch.maximum(b, 1 - b)
+    assert (b < 0.5).double().mean().item() == pytest.approx(0.5, abs=0.02)
+    assert (lam == 0.5).double().mean().item() == 0.0
+    if alpha <= 1e-3:
+        assert lam.mean().item() > 0.99
+    assert b.var().item() == pytest.approx(1 / (4 * (2 * alpha + 1)), rel=0.05)
+
+
 def test_draws_are_reproducible_for_a_seed():
     a = ref.draw_beta(2.0, 16, torch.Generator().manual_seed(3), "cpu")
     b = ref.draw_beta(2.0, 16, torch.Generator().manual_seed(3), "cpu")
