@@ -1,10 +1,12 @@
-// Per-example random draws shared by the CPU and CUDA kernels (SPEC §1.5-6): u ~ U[0, 1) for the
-// partner, Gamma(alpha) pairs for b ~ Beta(alpha, alpha) = G1 / (G1 + G2).
+// Per-example random draws shared by the CPU and CUDA kernels (SPEC §1.5-1.6, §4.2): u ~ U[0, 1)
+// (53 bits) for the partner, b ~ Beta(alpha, alpha) = sigmoid(log G1 - log G2) for the mixing
+// factor, G ~ Gamma(alpha) drawn in log space so that any alpha in [1e-8, 100+] is sensible.
 //
-// Example i draws from subsequence i of a counter-based Philox4x32-10 stream (ATen's engine,
-// usable on host and device). The key comes from the caller's generator once per call: the CPU
-// takes a random64() (under the generator's lock), CUDA its Philox (seed, offset) state, which is
-// CUDA-graph safe. So draws are reproducible from the seed and independent of the thread layout.
+// Philox counters: the op's rng_state is (key, step counter c). Example i of the step draws from
+// ATen's Philox4x32-10 with key rng_state[0], subsequence (c << 32) | i (the high 64 bits of the
+// 128-bit counter) and offset 0 (its low 64 bits, advanced by the draws of that example). So a
+// draw is a fixed function of (key, c, i, draw number): independent of the thread layout, and no
+// two (step, example) pairs share a counter for c < 2^32 and batches below 2^32 examples.
 #pragma once
 
 #include <ATen/core/PhiloxRNGEngine.h>
@@ -15,21 +17,46 @@
 
 namespace mentormix {
 
+// Constants of the Marsaglia-Tsang sampler of Gamma(alpha), alpha > 0, computed once per call on
+// the host: shape s = alpha (alpha >= 1) or alpha + 1 (alpha < 1, boosted), d = s - 1/3,
+// c = 1 / sqrt(9 d).
+struct GammaParams {
+  float d = 1.f, c = 1.f, log_d = 0.f, inv_alpha = 1.f;
+  bool boost = false;
+};
+
+inline GammaParams gamma_params(double alpha) {
+  GammaParams g;
+  g.boost = alpha < 1.0;
+  const double shape = g.boost ? alpha + 1.0 : alpha;
+  const double d = shape - 1.0 / 3.0;
+  g.d = static_cast<float>(d);
+  g.c = static_cast<float>(1.0 / std::sqrt(9.0 * d));
+  g.log_d = static_cast<float>(std::log(d));
+  g.inv_alpha = static_cast<float>(1.0 / alpha);
+  return g;
+}
+
+C10_HOST_DEVICE inline uint64_t philox_subsequence(uint64_t counter, uint64_t index) {
+  return (counter << 32) | (index & 0xffffffffull);
+}
+
 struct DrawStream {
   at::Philox4_32 e;
   float spare = 0.f;
   bool has_spare = false;
 
-  C10_HOST_DEVICE DrawStream(uint64_t key, uint64_t index, uint64_t offset) : e(key, index, offset) {}
+  C10_HOST_DEVICE DrawStream(uint64_t key, uint64_t counter, uint64_t index)
+      : e(key, philox_subsequence(counter, index), 0) {}
 
   // U[0, 1) with 53 random bits (float64, as the reference's partner draw).
   C10_HOST_DEVICE double uniform53() {
     const uint64_t hi = e(), lo = e();
-    return static_cast<double>(((hi << 21) ^ lo) & ((uint64_t{1} << 53) - 1)) * 0x1.0p-53;
+    return static_cast<double>((hi << 21) | (lo >> 11)) * 0x1.0p-53;
   }
 
-  // U(0, 1]: safe under log().
-  C10_HOST_DEVICE float uniform() { return (static_cast<float>(e() >> 8) + 1.f) * 0x1.0p-24f; }
+  // U(0, 1] with 24 random bits: safe under log().
+  C10_HOST_DEVICE float uniform() { return static_cast<float>((e() >> 8) + 1u) * 0x1.0p-24f; }
 
   // N(0, 1) by Box-Muller, both values of a pair used.
   C10_HOST_DEVICE float normal() {
@@ -38,40 +65,49 @@ struct DrawStream {
       return spare;
     }
     const float r = sqrtf(-2.f * logf(uniform()));
-    const float t = 6.2831853071795865f * uniform();
-    spare = r * sinf(t);
+    const float t = 2.f * uniform();  // the angle is pi * t
+    float s, c;
+#ifdef __CUDA_ARCH__
+    sincospif(t, &s, &c);  // no large-argument reduction (no local memory)
+#else
+    s = std::sin(3.14159265358979323846f * t);
+    c = std::cos(3.14159265358979323846f * t);
+#endif
+    spare = r * s;
     has_spare = true;
-    return r * cosf(t);
+    return r * c;
   }
 
-  // Gamma(alpha, 1), alpha > 0 (Marsaglia & Tsang 2000), squeeze test first; alpha < 1 is
-  // boosted as Gamma(alpha + 1) * U^(1 / alpha).
-  C10_HOST_DEVICE float gamma(float alpha) {
-    float boost = 1.f;
-    if (alpha < 1.f) {
-      boost = powf(uniform(), 1.f / alpha);
-      alpha += 1.f;
-    }
-    const float d = alpha - 1.f / 3.f, c = 1.f / sqrtf(9.f * d);
+  // log G, G ~ Gamma(alpha): Marsaglia-Tsang for the shape >= 1 part (squeeze test first), then
+  // for alpha < 1 log G(alpha) = log G(alpha + 1) + log(U) / alpha, which stays finite where
+  // G itself underflows (tiny alpha).
+  C10_HOST_DEVICE float log_gamma(const GammaParams& g) {
+    float log_g;
     for (;;) {
       float x, v;
       do {
         x = normal();
-        v = 1.f + c * x;
+        v = 1.f + g.c * x;
       } while (v <= 0.f);
       v = v * v * v;
       const float u = uniform();
       const float x2 = x * x;
-      if (u < 1.f - 0.0331f * x2 * x2 || logf(u) < 0.5f * x2 + d * (1.f - v + logf(v))) return d * v * boost;
+      const float log_v = logf(v);
+      if (u < 1.f - 0.0331f * x2 * x2 || logf(u) < 0.5f * x2 + g.d * (1.f - v + log_v)) {
+        log_g = g.log_d + log_v;
+        break;
+      }
     }
+    if (g.boost) log_g += logf(uniform()) * g.inv_alpha;
+    return log_g;
   }
 
-  // b ~ Beta(alpha, alpha); both gammas underflowing (tiny alpha) gives 1 if G1 >= G2, as the
-  // reference's fallback.
-  C10_HOST_DEVICE float beta(float alpha) {
-    const float g1 = gamma(alpha), g2 = gamma(alpha);
-    const float total = g1 + g2;
-    return total > 0.f ? g1 / total : (g1 >= g2 ? 1.f : 0.f);
+  // b ~ Beta(alpha, alpha) = G1 / (G1 + G2) = sigmoid(log G1 - log G2): exactly 0 or 1 when the
+  // log-gammas differ by more than ~100 (tiny alpha), never NaN.
+  C10_HOST_DEVICE float beta(const GammaParams& g) {
+    const float lg1 = log_gamma(g);
+    const float lg2 = log_gamma(g);
+    return 1.f / (1.f + expf(lg2 - lg1));
   }
 };
 
