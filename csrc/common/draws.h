@@ -3,13 +3,13 @@
 // factor, G ~ Gamma(alpha) drawn in log space so that any alpha in [1e-8, 100+] is sensible.
 //
 // Philox counters: the op's rng_state is (key, step counter c). Example i of the step draws from
-// ATen's Philox4x32-10 with key rng_state[0], subsequence (c << 32) | i (the high 64 bits of the
-// 128-bit counter) and offset 0 (its low 64 bits, advanced by the draws of that example). So a
+// ATen's Philox4x32-10 (the stream of at::Philox4_32) with key rng_state[0], subsequence
+// (c << 32) | i (the high 64 bits of the 128-bit counter) and offset 0 (its low 64 bits, advanced
+// by the draws of that example). So a
 // draw is a fixed function of (key, c, i, draw number): independent of the thread layout, and no
 // two (step, example) pairs share a counter for c < 2^32 and batches below 2^32 examples.
 #pragma once
 
-#include <ATen/core/PhiloxRNGEngine.h>
 #include <c10/macros/Macros.h>
 
 #include <cmath>
@@ -41,13 +41,81 @@ C10_HOST_DEVICE inline uint64_t philox_subsequence(uint64_t counter, uint64_t in
   return (counter << 32) | (index & 0xffffffffull);
 }
 
+// The stream of at::Philox4_32(key, subsequence, 0)'s operator(), value for value (Philox4x32-10,
+// the same constants and counter layout), with the four outputs of a counter block kept in named
+// registers instead of the engine's indexed array, which the GPU would keep in local memory.
+class PhiloxStream {
+ public:
+  C10_HOST_DEVICE PhiloxStream(uint64_t key, uint64_t subsequence)
+      : k0_(static_cast<uint32_t>(key)), k1_(static_cast<uint32_t>(key >> 32)), c0_(0), c1_(0),
+        c2_(static_cast<uint32_t>(subsequence)), c3_(static_cast<uint32_t>(subsequence >> 32)) {}
+
+  C10_HOST_DEVICE uint32_t operator()() {
+    if (left_ == 0) {
+      block();
+      left_ = 4;
+      if (++c0_ == 0 && ++c1_ == 0 && ++c2_ == 0) ++c3_;  // the engine's incr()
+    }
+    const uint32_t r = b0_;
+    b0_ = b1_;
+    b1_ = b2_;
+    b2_ = b3_;
+    --left_;
+    return r;
+  }
+
+ private:
+  static constexpr uint32_t kW0 = 0x9E3779B9, kW1 = 0xBB67AE85, kM0 = 0xD2511F53, kM1 = 0xCD9E8D57;
+
+  C10_HOST_DEVICE static uint32_t mulhilo(uint32_t a, uint32_t b, uint32_t* hi) {
+#ifdef __CUDA_ARCH__
+    *hi = __umulhi(a, b);
+    return a * b;
+#else
+    const uint64_t p = static_cast<uint64_t>(a) * b;
+    *hi = static_cast<uint32_t>(p >> 32);
+    return static_cast<uint32_t>(p);
+#endif
+  }
+
+  // Philox4x32 with 10 rounds of the counter (c0..c3) under the key (k0, k1) into b0..b3.
+  C10_HOST_DEVICE void block() {
+    uint32_t x0 = c0_, x1 = c1_, x2 = c2_, x3 = c3_, k0 = k0_, k1 = k1_;
+#ifdef __CUDACC__
+#pragma unroll
+#endif
+    for (int round = 0; round < 10; ++round) {
+      if (round > 0) {
+        k0 += kW0;
+        k1 += kW1;
+      }
+      uint32_t hi0, hi1;
+      const uint32_t lo0 = mulhilo(kM0, x0, &hi0);
+      const uint32_t lo1 = mulhilo(kM1, x2, &hi1);
+      const uint32_t y0 = hi1 ^ x1 ^ k0, y2 = hi0 ^ x3 ^ k1;
+      x0 = y0;
+      x1 = lo1;
+      x2 = y2;
+      x3 = lo0;
+    }
+    b0_ = x0;
+    b1_ = x1;
+    b2_ = x2;
+    b3_ = x3;
+  }
+
+  uint32_t k0_, k1_, c0_, c1_, c2_, c3_;
+  uint32_t b0_ = 0, b1_ = 0, b2_ = 0, b3_ = 0;
+  int left_ = 0;
+};
+
 struct DrawStream {
-  at::Philox4_32 e;
+  PhiloxStream e;
   float spare = 0.f;
   bool has_spare = false;
 
   C10_HOST_DEVICE DrawStream(uint64_t key, uint64_t counter, uint64_t index)
-      : e(key, philox_subsequence(counter, index), 0) {}
+      : e(key, philox_subsequence(counter, index)) {}
 
   // U[0, 1) with 53 random bits (float64, as the reference's partner draw).
   C10_HOST_DEVICE double uniform53() {
