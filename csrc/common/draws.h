@@ -1,13 +1,14 @@
 // Per-example random draws shared by the CPU and CUDA kernels (SPEC §1.5-1.6, §4.2): u ~ U[0, 1)
 // (53 bits) for the partner, b ~ Beta(alpha, alpha) = sigmoid(log G1 - log G2) for the mixing
-// factor, G ~ Gamma(alpha) drawn in log space so that any alpha in [1e-8, 100+] is sensible.
+// factor, G ~ Gamma(alpha) in log space for alpha < 1, so that any alpha in [1e-8, 100+] gives
+// sensible draws.
 //
 // Philox counters: the op's rng_state is (key, step counter c). Example i of the step draws from
 // ATen's Philox4x32-10 (the stream of at::Philox4_32) with key rng_state[0], subsequence
 // (c << 32) | i (the high 64 bits of the 128-bit counter) and offset 0 (its low 64 bits, advanced
-// by the draws of that example). So a
-// draw is a fixed function of (key, c, i, draw number): independent of the thread layout, and no
-// two (step, example) pairs share a counter for c < 2^32 and batches below 2^32 examples.
+// by the draws of that example). So a draw is a fixed function of (key, c, i, draw number):
+// independent of the thread layout, and no two (step, example) pairs share a counter while
+// c < 2^32 (the counter's low 32 bits are used) and batches have at most 2^32 examples.
 #pragma once
 
 #include <c10/macros/Macros.h>
@@ -21,7 +22,7 @@ namespace mentormix {
 // the host: shape s = alpha (alpha >= 1) or alpha + 1 (alpha < 1, boosted), d = s - 1/3,
 // c = 1 / sqrt(9 d).
 struct GammaParams {
-  float d = 1.f, c = 1.f, log_d = 0.f, inv_alpha = 1.f;
+  float d = 1.f, c = 1.f, inv_alpha = 1.f;
   bool boost = false;
 };
 
@@ -32,7 +33,6 @@ inline GammaParams gamma_params(double alpha) {
   const double d = shape - 1.0 / 3.0;
   g.d = static_cast<float>(d);
   g.c = static_cast<float>(1.0 / std::sqrt(9.0 * d));
-  g.log_d = static_cast<float>(std::log(d));
   g.inv_alpha = static_cast<float>(1.0 / alpha);
   return g;
 }
@@ -146,35 +146,34 @@ struct DrawStream {
     return r * c;
   }
 
-  // log G, G ~ Gamma(alpha): Marsaglia-Tsang for the shape >= 1 part (squeeze test first), then
-  // for alpha < 1 log G(alpha) = log G(alpha + 1) + log(U) / alpha, which stays finite where
-  // G itself underflows (tiny alpha).
-  C10_HOST_DEVICE float log_gamma(const GammaParams& g) {
-    float log_g;
+  // Marsaglia-Tsang for the shape s >= 1 part (squeeze test first): returns w with G(s) = d w.
+  C10_HOST_DEVICE float gamma_unit(const GammaParams& g) {
     for (;;) {
-      float x, v;
+      float x, w;
       do {
         x = normal();
-        v = 1.f + g.c * x;
-      } while (v <= 0.f);
-      v = v * v * v;
+        w = 1.f + g.c * x;
+      } while (w <= 0.f);
+      w = w * w * w;
       const float u = uniform();
       const float x2 = x * x;
-      const float log_v = logf(v);
-      if (u < 1.f - 0.0331f * x2 * x2 || logf(u) < 0.5f * x2 + g.d * (1.f - v + log_v)) {
-        log_g = g.log_d + log_v;
-        break;
-      }
+      if (u < 1.f - 0.0331f * x2 * x2 || logf(u) < 0.5f * x2 + g.d * (1.f - w + logf(w))) return w;
     }
-    if (g.boost) log_g += logf(uniform()) * g.inv_alpha;
-    return log_g;
   }
 
-  // b ~ Beta(alpha, alpha) = G1 / (G1 + G2) = sigmoid(log G1 - log G2): exactly 0 or 1 when the
-  // log-gammas differ by more than ~100 (tiny alpha), never NaN.
+  // b ~ Beta(alpha, alpha) = G1 / (G1 + G2) = sigmoid(log G1 - log G2), never NaN. For alpha < 1,
+  // log G(alpha) = log G(alpha + 1) + log(U) / alpha, in log space: G itself underflows for tiny
+  // alpha, the difference of the logs does not (b is then exactly 0 or 1, each with probability
+  // 1/2). For alpha >= 1, G = d w never underflows and the common factor d cancels, so the ratio
+  // w1 / (w1 + w2) is the same draw without the logarithms.
   C10_HOST_DEVICE float beta(const GammaParams& g) {
-    const float lg1 = log_gamma(g);
-    const float lg2 = log_gamma(g);
+    if (!g.boost) {
+      const float w1 = gamma_unit(g);
+      const float w2 = gamma_unit(g);
+      return w1 / (w1 + w2);
+    }
+    const float lg1 = logf(gamma_unit(g)) + logf(uniform()) * g.inv_alpha;
+    const float lg2 = logf(gamma_unit(g)) + logf(uniform()) * g.inv_alpha;
     return 1.f / (1.f + expf(lg2 - lg1));
   }
 };
