@@ -1,10 +1,12 @@
-// Step 7: x~_i = lam_i x_i + (1 - lam_i) x_{j_i}, one gather-and-lerp pass over x [B, D].
-// As the reference, lam is first rounded to x's dtype and (1 - lam) computed from the rounded
-// value; the lerp itself runs in float with one rounding to x's dtype.
+// mix (SPEC §1.7, §5): x~_i = lam_i x_i + (1 - lam_i) x_{j_i}, one gather-and-lerp pass over
+// x [B, D]. As the reference, lam is first rounded to x's dtype and (1 - lam) computed from the
+// rounded value; the lerp itself runs in float with one rounding to x's dtype. A partner outside
+// [0, B) gives a NaN row.
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty_like.h>
 
 #include <algorithm>
+#include <limits>
 
 #include "checks.h"
 #include "ops.h"
@@ -21,8 +23,13 @@ void mix_rows(const T* x, const int64_t* partner, const float* lam, int64_t B, i
       const float a = static_cast<float>(static_cast<T>(lam[i]));
       const float b = static_cast<float>(static_cast<T>(1.f - a));
       const T* xi = x + i * D;
-      const T* xj = x + partner[i] * D;
       T* oi = out + i * D;
+      const int64_t j = partner[i];
+      if (j < 0 || j >= B) {
+        std::fill(oi, oi + D, static_cast<T>(std::numeric_limits<float>::quiet_NaN()));
+        continue;
+      }
+      const T* xj = x + j * D;
       const fVec va(a), vb(b);
       fVec x0, x1, p0, p1;
       int64_t k = 0;
@@ -39,22 +46,20 @@ void mix_rows(const T* x, const int64_t* partner, const float* lam, int64_t B, i
 }  // namespace
 
 at::Tensor mix(const at::Tensor& x_in, const at::Tensor& partner_in, const at::Tensor& lam_in) {
-  TORCH_CHECK(x_in.device().is_cpu(), "x: expected a CPU tensor, got ", x_in.device());
+  check_cpu(x_in, "x");
   TORCH_CHECK(x_in.dim() >= 1 && x_in.size(0) > 0, "x: expected a non-empty [B, ...] tensor, got ", x_in.sizes());
+  check_float_dtype(x_in, "x");
   const auto t = x_in.scalar_type();
-  TORCH_CHECK(t == at::kFloat || t == at::kBFloat16 || t == at::kHalf,
-              "x: dtype must be float32, bfloat16 or float16, got ", t);
   const int64_t B = x_in.size(0);
   check_vector(partner_in, B, at::kLong, "partner");
   check_vector(lam_in, B, at::kFloat, "lam");
   const auto x = x_in.contiguous();
   const auto partner = partner_in.contiguous();
   const auto lam = lam_in.contiguous();
-  check_partner(partner.data_ptr<int64_t>(), B);
   auto out = at::empty_like(x, at::MemoryFormat::Contiguous);
-  const int64_t D = B > 0 ? x.numel() / B : 0;
+  const int64_t D = x.numel() / B;
   MENTORMIX_DISPATCH_LOGITS(t, "mentormix_mix", [&] {
-    mix_rows(x.data_ptr<scalar_t>(), partner.data_ptr<int64_t>(), lam.data_ptr<float>(), B, D,
+    mix_rows(x.const_data_ptr<scalar_t>(), partner.const_data_ptr<int64_t>(), lam.const_data_ptr<float>(), B, D,
              out.data_ptr<scalar_t>());
   });
   return out;

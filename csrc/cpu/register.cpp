@@ -1,6 +1,7 @@
-// Operator schemas (namespace mentormix_cpp) and their CPU implementations; the Python module
-// mentormix_fast._C exists only so that `import` loads this library (the ops are reached through
-// torch.ops.mentormix_cpp). The CUDA extension (csrc/cuda) adds CUDA kernels to the same schemas.
+// Operator schemas (namespace mentormix_cpp, the op contract of docs/SPEC.md §5) and their CPU
+// implementations; the Python module mentormix_fast._C exists only so that `import` loads this
+// library (the ops are reached through torch.ops.mentormix_cpp). meta.cpp adds the Meta kernels
+// (output shapes, for torch.compile); the CUDA extension (csrc/cuda) adds CUDA kernels.
 #include <Python.h>
 #include <torch/library.h>
 
@@ -23,26 +24,27 @@ PyObject* PyInit__C(void) {
 }
 
 TORCH_LIBRARY(mentormix_cpp, m) {
+  m.def("ce(Tensor logits, Tensor target, Tensor? partner, Tensor? lam) -> Tensor");
   m.def(
-      "weights_and_sample(Tensor logits, Tensor target, Tensor loss_ma, Tensor epoch, Tensor mentornet, "
-      "Tensor? uniform, Tensor? beta, Generator? generator, float alpha, int rank, float decay, int burn_in_epoch) "
-      "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+      "plan(Tensor logits, Tensor target, Tensor(a!) loss_ma, Tensor(b!) rng_state, Tensor mentornet, Tensor step, "
+      "Tensor? pool, Tensor? uniform, Tensor? beta, int total_steps, float percentile, float decay, "
+      "int burn_in_epoch, float alpha) -> (Tensor, Tensor, Tensor, Tensor)");
   m.def("mix(Tensor x, Tensor partner, Tensor lam) -> Tensor");
   m.def(
-      "mixed_loss_forward(Tensor logits, Tensor target, Tensor partner, Tensor lam, Tensor loss_ma_mixed, "
-      "Tensor epoch, Tensor mentornet, int rank, float decay, int burn_in_epoch, bool second_reweight, "
-      "bool grad_in_forward) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+      "mixed_loss(Tensor logits, Tensor target, Tensor partner, Tensor lam, Tensor? given_weights, "
+      "Tensor(a!)? loss_ma_mixed, Tensor(b!)? num_steps, Tensor mentornet, Tensor step, Tensor? pool, "
+      "int total_steps, float percentile, float decay, int burn_in_epoch, bool second_reweight) "
+      "-> (Tensor, Tensor, Tensor)");
   m.def(
-      "mixed_loss_backward(Tensor grad_output, Tensor logits, Tensor target, Tensor partner, Tensor lam, "
-      "Tensor lse, Tensor weights) -> Tensor");
-  m.def("scale_grad_(Tensor(a!) grad, Tensor grad_output) -> ()");
+      "mixed_loss_backward(Tensor grad_loss, Tensor logits, Tensor target, Tensor partner, Tensor lam, "
+      "Tensor lse, Tensor? weights) -> Tensor");
   m.def("cpu_isa() -> str", &cpu_isa);
 }
 
 TORCH_LIBRARY_IMPL(mentormix_cpp, CPU, m) {
-  m.impl("weights_and_sample", &mentormix::cpu::weights_and_sample);
+  m.impl("ce", &mentormix::cpu::ce);
+  m.impl("plan", &mentormix::cpu::plan);
   m.impl("mix", &mentormix::cpu::mix);
-  m.impl("mixed_loss_forward", &mentormix::cpu::mixed_loss_forward);
+  m.impl("mixed_loss", &mentormix::cpu::mixed_loss);
   m.impl("mixed_loss_backward", &mentormix::cpu::mixed_loss_backward);
-  m.impl("scale_grad_", &mentormix::cpu::scale_grad_);
 }

@@ -8,6 +8,7 @@
 #include <limits>
 #include <vector>
 
+#include "../common/mentornet_eval.h"
 #include "../common/mentornet_layout.h"
 
 namespace mentormix::cpu {
@@ -20,7 +21,7 @@ using fVec = at::vec::Vectorized<float>;
 inline fVec vsigmoid(const fVec& x) { return fVec(1.f) / (fVec(1.f) + x.neg().exp_u20()); }
 inline fVec vtanh(const fVec& x) { return fVec(1.f) - fVec(2.f) / ((x + x).exp_u20() + fVec(1.f)); }
 
-// MentorNet on one vector of examples (see common/mentornet_layout.h for the math).
+// MentorNet on one vector of examples: the math of common/mentornet_eval.h.
 inline fVec mentornet_vec(const float* mn, const float* base, fVec l, fVec ma) {
   const float* k = mn + kMnLstm;
   const fVec d = l - ma;
@@ -37,8 +38,7 @@ inline fVec mentornet_vec(const float* mn, const float* base, fVec l, fVec ma) {
 }
 
 void mentornet_range(const float* loss, int64_t begin, int64_t end, float ma, const WeightParams& p, float* v) {
-  const int64_t e = std::min<int64_t>(std::max<int64_t>(p.epoch, 0), kMnEpochs - 1);
-  const float* base = p.mentornet + kMnBase + e * kMnHidden;
+  const float* base = p.mentornet + kMnBase + p.epoch * kMnHidden;
   const fVec vma(ma), zero(0.f);
   constexpr int64_t n = fVec::size();
   for (int64_t i = begin; i < end; i += n) {
@@ -54,20 +54,22 @@ void mentornet_range(const float* loss, int64_t begin, int64_t end, float ma, co
 
 }  // namespace
 
-float update_moving_average(const float* loss, int64_t B, float ma, const WeightParams& p) {
-  std::vector<float> keys(loss, loss + B);
+float select_rank(const float* values, int64_t n, int64_t rank) {
+  std::vector<float> keys(values, values + n);
   for (auto& x : keys) {
     if (std::isnan(x)) x = std::numeric_limits<float>::infinity();
   }
-  std::nth_element(keys.begin(), keys.begin() + p.rank, keys.end());
-  const float q = keys[p.rank];
+  std::nth_element(keys.begin(), keys.begin() + rank, keys.end());
+  return keys[rank];
+}
+
+float moving_average(float ma, float q, double decay) {
   if (!std::isfinite(q)) return ma;
-  // As torch computes `d * ma + (1 - d) * q` on fp32 tensors: the Python scalars become floats.
-  return static_cast<float>(p.decay) * ma + static_cast<float>(1.0 - p.decay) * q;
+  return static_cast<float>(decay) * ma + static_cast<float>(1.0 - decay) * q;
 }
 
 void compute_weights(const float* loss, int64_t B, float ma, const WeightParams& p, float* v) {
-  if (p.epoch < p.burn_in_epoch - 1) {
+  if (in_burn_in(p.epoch, p.burn_in_epoch)) {
     std::fill(v, v + B, 1.f);
     return;
   }

@@ -1,35 +1,56 @@
-// The O(B) middle of a step on the GPU, in one thread block (no host synchronisation): exact
-// percentile select, moving average, weights, and either the softmax partner sampling with the
-// mixing factors (first pass) or the (re)weighted mean of the mixed losses (second pass).
+// The O(B) middle of a step on the GPU, in one thread block (no host synchronisation, CUDA-graph
+// capturable): exact percentile select, moving average, weights, and either the draws, the softmax
+// partner sampling and the mixing factors (plan) or the (re)weighted mean of the mixed losses
+// (mixed_loss). The states are read at the kernel's start and written by one thread at its end.
 #pragma once
 
 #include <ATen/core/Tensor.h>
-#include <ATen/cuda/PhiloxCudaState.h>
 #include <cuda_runtime.h>
 
 #include <cstdint>
 
+#include "../common/draws.h"
+
 namespace mentormix::cuda {
 
-struct BatchParams {
-  const float* mentornet;       // folded MentorNet on the device, nullptr for "threshold"
-  const int64_t* epoch_ptr;     // the epoch on the device, or nullptr: use epoch_value
-  int64_t epoch_value;
-  int64_t rank;                 // ascending rank of the percentile
-  float decay, one_minus_decay; // d and (1 - d) as the reference's fp32 arithmetic uses them
-  int64_t burn_in_epoch;
+// The step t: a value read by the launcher on the host (a CPU tensor), or a one-element int64 or
+// int32 tensor on the device, read by the kernel.
+struct StepArg {
+  const void* ptr = nullptr;
+  bool is_int32 = false;
+  int64_t value = 0;
 };
 
-// Steps 3-6 from loss [B]: v, partner, lam, new_ma (0-d). Draws: `uniform`/`beta` when given
-// (defined), else Philox (common/draws.h) from `philox`. cdf is a [B] float scratch.
-void launch_weights_and_sample_batch(const at::Tensor& loss, const at::Tensor& loss_ma, const BatchParams& p,
-                                     float alpha, const at::Tensor& uniform, const at::Tensor& beta,
-                                     at::PhiloxCudaState philox, at::Tensor& v, at::Tensor& partner, at::Tensor& lam,
-                                     at::Tensor& new_ma, at::Tensor& cdf, cudaStream_t stream);
+struct BatchParams {
+  const float* mentornet = nullptr;  // folded MentorNet on the device, nullptr for "threshold"
+  StepArg step;
+  int64_t total_steps = 1;
+  int64_t burn_in_epoch = 0;
+  const float* pool = nullptr;       // the percentile's values: pool [n_pool], or the batch's own
+  int64_t n_pool = 0;
+  int64_t rank = 0;                  // ascending rank of the percentile in the pool
+  float decay = 0.f, one_minus_decay = 1.f;  // d and (1 - d) as the reference's fp32 arithmetic uses them
+};
 
-// Step 9 from m [B]: loss = sum(w m) / B with w = v2 (second_reweight; also new_ma2 and w) or 1.
-void launch_mixed_loss_batch(const at::Tensor& m, const at::Tensor& loss_ma_mixed, const BatchParams& p,
-                             bool second_reweight, at::Tensor& weights, at::Tensor& loss, at::Tensor& new_ma,
-                             cudaStream_t stream);
+struct PlanDraws {
+  bool mixing = false;               // alpha > 0
+  const double* uniform = nullptr;   // explicit draws, or nullptr: draw from rng
+  const float* beta = nullptr;
+  int64_t* rng = nullptr;            // rng_state (key, counter) on the device, counter at rng[rng_stride]
+  int64_t rng_stride = 1;
+  GammaParams gamma;
+};
+
+// plan's batch part from loss [B]: v, partner, lam; loss_ma (and the rng counter when drawing)
+// updated in place. cdf is a [B] float scratch.
+void launch_plan_batch(const float* loss, int64_t B, float* loss_ma, const BatchParams& p, const PlanDraws& d,
+                       float* v, int64_t* partner, float* lam, float* cdf, cudaStream_t stream);
+
+// mixed_loss's batch part from m [B]: loss = sum(w m) / B with w = v2 (second_reweight, written
+// to weights, loss_ma_mixed updated in place), given_weights (copied to weights) or 1;
+// num_steps = t + 1 when not null.
+void launch_mixed_loss_batch(const float* m, int64_t B, float* loss_ma_mixed, int64_t* num_steps,
+                             const BatchParams& p, bool second_reweight, const float* given_weights, float* weights,
+                             float* loss, cudaStream_t stream);
 
 }  // namespace mentormix::cuda

@@ -15,8 +15,10 @@ namespace {
 constexpr int kRowWarps = 8;  // rows per block of the row kernels
 constexpr int kRowThreads = kRowWarps * kWarp;
 constexpr int kElementThreads = 256;
+constexpr int64_t kMaxBlocks = 65535 * 8;
 
-// torch.logsumexp conventions: NaN anywhere -> NaN; an infinite max is not subtracted.
+// torch.logsumexp conventions: NaN anywhere -> NaN (also beside +inf); an infinite max is not
+// subtracted (+inf row -> +inf, all -inf row -> -inf).
 template <typename T>
 __device__ float warp_row_logsumexp(const T* row, int64_t K, int lane) {
   float m = -INFINITY;
@@ -44,54 +46,52 @@ __device__ void warp_write_grad(const T* row, T* g, int64_t K, float lse, float 
   }
 }
 
-__device__ __forceinline__ int64_t row_index() {
+// Rows i = first_row(), first_row() + row_step(), ... (a grid-stride loop over warps).
+__device__ __forceinline__ int64_t first_row() {
   return static_cast<int64_t>(blockIdx.x) * kRowWarps + threadIdx.x / kWarp;
 }
+__device__ __forceinline__ int64_t row_step() { return static_cast<int64_t>(gridDim.x) * kRowWarps; }
 
-template <typename T>
-__global__ void ce_rows_kernel(const T* z, int64_t row_stride, int64_t B, int64_t K, const int64_t* y, float* loss) {
-  const int64_t i = row_index();
-  if (i >= B) return;
-  const int lane = threadIdx.x % kWarp;
-  const T* row = z + i * row_stride;
-  const float lse = warp_row_logsumexp(row, K, lane);
-  if (lane == 0) {
-    const int64_t yi = y[i];
-    loss[i] = (yi >= 0 && yi < K) ? lse - static_cast<float>(row[yi]) : NAN;
-  }
+// y_{j_i}, or -1 (an out-of-range label) for a partner outside [0, B).
+__device__ __forceinline__ int64_t partner_label(const int64_t* y, const int64_t* partner, int64_t i, int64_t B) {
+  const int64_t p = partner[i];
+  return (p >= 0 && p < B) ? y[p] : -1;
 }
 
+// l_i (partner == nullptr) or m_i (and lse_i when lse_out != nullptr).
 template <typename T>
-__global__ void mixed_rows_kernel(const T* z, int64_t row_stride, int64_t B, int64_t K, const int64_t* y,
-                                  const int64_t* partner, const float* lam, float* lse_out, float* m_out, T* grad) {
-  const int64_t i = row_index();
-  if (i >= B) return;
+__global__ void loss_rows_kernel(const T* z, int64_t row_stride, int64_t B, int64_t K, const int64_t* y,
+                                 const int64_t* partner, const float* lam, float* loss, float* lse_out) {
   const int lane = threadIdx.x % kWarp;
-  const T* row = z + i * row_stride;
-  const int64_t p = partner[i];
-  const int64_t yi = y[i], yp = (p >= 0 && p < B) ? y[p] : -1;
-  const float l = lam[i];
-  const float lse = warp_row_logsumexp(row, K, lane);
-  if (lane == 0) {
-    const bool ok = yi >= 0 && yi < K && yp >= 0 && yp < K;
-    lse_out[i] = lse;
-    m_out[i] = ok ? lse - l * static_cast<float>(row[yi]) - (1.f - l) * static_cast<float>(row[yp]) : NAN;
+  for (int64_t i = first_row(); i < B; i += row_step()) {
+    const T* row = z + i * row_stride;
+    const float lse = warp_row_logsumexp(row, K, lane);
+    if (lane == 0) {
+      const int64_t yi = y[i];
+      if (partner == nullptr) {
+        loss[i] = (yi >= 0 && yi < K) ? lse - static_cast<float>(row[yi]) : NAN;
+      } else {
+        const int64_t yp = partner_label(y, partner, i, B);
+        const float l = lam[i];
+        const bool ok = yi >= 0 && yi < K && yp >= 0 && yp < K;
+        loss[i] = ok ? lse - l * static_cast<float>(row[yi]) - (1.f - l) * static_cast<float>(row[yp]) : NAN;
+        if (lse_out != nullptr) lse_out[i] = lse;
+      }
+    }
   }
-  if (grad != nullptr) warp_write_grad(row, grad + i * K, K, lse, 1.f / static_cast<float>(B), yi, yp, l, lane);
 }
 
 template <typename T>
 __global__ void grad_rows_kernel(const T* z, int64_t row_stride, int64_t B, int64_t K, const int64_t* y,
                                  const int64_t* partner, const float* lam, const float* lse, const float* weights,
-                                 const float* grad_output, T* grad) {
-  const int64_t i = row_index();
-  if (i >= B) return;
+                                 const float* grad_loss, T* grad) {
   const int lane = threadIdx.x % kWarp;
-  const int64_t p = partner[i];
-  const int64_t yi = y[i], yp = (p >= 0 && p < B) ? y[p] : -1;
-  float scale = *grad_output / static_cast<float>(B);
-  if (weights != nullptr) scale *= weights[i];
-  warp_write_grad(z + i * row_stride, grad + i * K, K, lse[i], scale, yi, yp, lam[i], lane);
+  const float g = *grad_loss / static_cast<float>(B);
+  for (int64_t i = first_row(); i < B; i += row_step()) {
+    const float scale = weights != nullptr ? g * weights[i] : g;
+    warp_write_grad(z + i * row_stride, grad + i * K, K, lse[i], scale, y[i], partner_label(y, partner, i, B), lam[i],
+                    lane);
+  }
 }
 
 template <typename T>
@@ -109,16 +109,6 @@ __global__ void mix_kernel(const T* x, const int64_t* partner, const float* lam,
   }
 }
 
-template <typename T>
-__global__ void scale_kernel(T* grad, int64_t n, const float* grad_output) {
-  const float g = *grad_output;
-  if (g == 1.f) return;
-  for (int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; idx < n;
-       idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    grad[idx] = static_cast<T>(static_cast<float>(grad[idx]) * g);
-  }
-}
-
 }  // namespace
 
 #define MENTORMIX_DISPATCH_CUDA(TYPE, NAME, ...)                                         \
@@ -126,64 +116,47 @@ __global__ void scale_kernel(T* grad, int64_t n, const float* grad_output) {
                          AT_DISPATCH_CASE(at::kBFloat16, __VA_ARGS__) AT_DISPATCH_CASE(at::kHalf, __VA_ARGS__))
 
 namespace {
-unsigned row_blocks(int64_t B) { return static_cast<unsigned>((B + kRowWarps - 1) / kRowWarps); }
+unsigned row_blocks(int64_t B) { return static_cast<unsigned>(std::min<int64_t>((B + kRowWarps - 1) / kRowWarps, kMaxBlocks)); }
 unsigned element_blocks(int64_t n) {
-  return static_cast<unsigned>(std::min<int64_t>((n + kElementThreads - 1) / kElementThreads, 65535 * 8));
+  return static_cast<unsigned>(std::min<int64_t>((n + kElementThreads - 1) / kElementThreads, kMaxBlocks));
 }
 }  // namespace
 
-void launch_ce_rows(const at::Tensor& z, const at::Tensor& y, at::Tensor& loss, cudaStream_t stream) {
+void launch_loss_rows(const at::Tensor& z, const at::Tensor& y, const at::Tensor& partner, const at::Tensor& lam,
+                      at::Tensor& loss, at::Tensor& lse, cudaStream_t stream) {
   const int64_t B = z.size(0), K = z.size(1);
-  MENTORMIX_DISPATCH_CUDA(z.scalar_type(), "mentormix_ce_rows", [&] {
-    ce_rows_kernel<scalar_t><<<row_blocks(B), kRowThreads, 0, stream>>>(
-        z.data_ptr<scalar_t>(), z.stride(0), B, K, y.data_ptr<int64_t>(), loss.data_ptr<float>());
-  });
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-}
-
-void launch_mixed_rows(const at::Tensor& z, const at::Tensor& y, const at::Tensor& partner, const at::Tensor& lam,
-                       at::Tensor& lse, at::Tensor& m, at::Tensor& grad, cudaStream_t stream) {
-  const int64_t B = z.size(0), K = z.size(1);
-  const bool with_grad = grad.numel() > 0;
-  MENTORMIX_DISPATCH_CUDA(z.scalar_type(), "mentormix_mixed_rows", [&] {
-    mixed_rows_kernel<scalar_t><<<row_blocks(B), kRowThreads, 0, stream>>>(
-        z.data_ptr<scalar_t>(), z.stride(0), B, K, y.data_ptr<int64_t>(), partner.data_ptr<int64_t>(),
-        lam.data_ptr<float>(), lse.data_ptr<float>(), m.data_ptr<float>(),
-        with_grad ? grad.data_ptr<scalar_t>() : nullptr);
+  const bool mixed = partner.defined();
+  MENTORMIX_DISPATCH_CUDA(z.scalar_type(), "mentormix_loss_rows", [&] {
+    loss_rows_kernel<scalar_t><<<row_blocks(B), kRowThreads, 0, stream>>>(
+        z.const_data_ptr<scalar_t>(), z.stride(0), B, K, y.const_data_ptr<int64_t>(),
+        mixed ? partner.const_data_ptr<int64_t>() : nullptr, mixed ? lam.const_data_ptr<float>() : nullptr,
+        loss.data_ptr<float>(), lse.defined() ? lse.data_ptr<float>() : nullptr);
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 void launch_grad_rows(const at::Tensor& z, const at::Tensor& y, const at::Tensor& partner, const at::Tensor& lam,
-                      const at::Tensor& lse, const at::Tensor& weights, const at::Tensor& grad_output,
+                      const at::Tensor& lse, const at::Tensor& weights, const at::Tensor& grad_loss,
                       at::Tensor& grad, cudaStream_t stream) {
   const int64_t B = z.size(0), K = z.size(1);
-  const bool weighted = weights.defined() && weights.numel() > 0;
   MENTORMIX_DISPATCH_CUDA(z.scalar_type(), "mentormix_grad_rows", [&] {
     grad_rows_kernel<scalar_t><<<row_blocks(B), kRowThreads, 0, stream>>>(
-        z.data_ptr<scalar_t>(), z.stride(0), B, K, y.data_ptr<int64_t>(), partner.data_ptr<int64_t>(),
-        lam.data_ptr<float>(), lse.data_ptr<float>(), weighted ? weights.data_ptr<float>() : nullptr,
-        grad_output.data_ptr<float>(), grad.data_ptr<scalar_t>());
+        z.const_data_ptr<scalar_t>(), z.stride(0), B, K, y.const_data_ptr<int64_t>(),
+        partner.const_data_ptr<int64_t>(), lam.const_data_ptr<float>(), lse.const_data_ptr<float>(),
+        weights.defined() ? weights.const_data_ptr<float>() : nullptr, grad_loss.const_data_ptr<float>(),
+        grad.data_ptr<scalar_t>());
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 void launch_mix(const at::Tensor& x, const at::Tensor& partner, const at::Tensor& lam, at::Tensor& out,
                 cudaStream_t stream) {
-  const int64_t B = x.size(0), D = x.numel() / B;
   if (x.numel() == 0) return;
+  const int64_t B = x.size(0), D = x.numel() / B;
   MENTORMIX_DISPATCH_CUDA(x.scalar_type(), "mentormix_mix", [&] {
     mix_kernel<scalar_t><<<element_blocks(x.numel()), kElementThreads, 0, stream>>>(
-        x.data_ptr<scalar_t>(), partner.data_ptr<int64_t>(), lam.data_ptr<float>(), B, D, out.data_ptr<scalar_t>());
-  });
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-}
-
-void launch_scale(at::Tensor& grad, const at::Tensor& grad_output, cudaStream_t stream) {
-  if (grad.numel() == 0) return;
-  MENTORMIX_DISPATCH_CUDA(grad.scalar_type(), "mentormix_scale", [&] {
-    scale_kernel<scalar_t><<<element_blocks(grad.numel()), kElementThreads, 0, stream>>>(
-        grad.data_ptr<scalar_t>(), grad.numel(), grad_output.data_ptr<float>());
+        x.const_data_ptr<scalar_t>(), partner.const_data_ptr<int64_t>(), lam.const_data_ptr<float>(), B, D,
+        out.data_ptr<scalar_t>());
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
