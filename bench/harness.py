@@ -7,8 +7,8 @@ network runs: only the loss ops.
 
 Minimal bytes (what any implementation must move, s = bytes per element of the logits' dtype):
 read z1 once (B K s), mix reads x and writes x~ (2 B D s), the mixed loss reads z2 in the forward
-and reads it again and writes dL/dz2 in the backward (3 B K s; SPEC §5 explains why 2 reads are the
-minimum with second reweighting). Per-example O(B) vectors are left out (< 1% at these sizes
+and reads it again and writes dL/dz2 in the backward (3 B K s; docs/SPEC.md and kernels/mixed_loss.py explain
+why 2 reads are the minimum with second reweighting). Per-example O(B) vectors are left out (< 1% at these sizes
 except K = 10). Achieved bandwidth = minimal bytes / time, reported as a fraction of the device's
 measured copy bandwidth (``2 * bytes / time`` of a large ``Tensor.copy_``).
 
@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 
 import mentormix_fast as mf
-from mentormix_fast.backends import get_backend
+from mentormix_fast import dispatch
 
 MIX_DIM = 256
 GPU_CASES = [(128, 10), (128, 100), (1024, 1000), (8192, 32000), (65536, 1000)]
@@ -44,19 +44,13 @@ def default_cases(device: str):
 
 def variants(device: str) -> list[str]:
     """Backend names to benchmark on ``device``, then the compiled reference."""
-    names = []
-    for name, status in mf.backends().items():
-        if status != "available":
-            continue
-        backend = get_backend(name, torch.device(device)) if _supports(name, device) else None
-        if backend is not None:
-            names.append(name)
+    names = [name for name, status in mf.backends().items() if status == "available" and _supports(name, device)]
     return names + [COMPILED]
 
 
 def _supports(name: str, device: str) -> bool:
     try:
-        get_backend(name, torch.device(device))
+        dispatch.choose(name, device)
         return True
     except ValueError:
         return False
@@ -79,7 +73,7 @@ class Step:
 
 
 def make_step(variant: str, batch: int, classes: int, dtype: torch.dtype, device: str,
-              second_reweight: bool = True, seed: int = 0) -> Step:
+              second_reweight: bool = True, seed: int = 0, dynamic: bool = False) -> Step:
     """The step as a user runs it: :class:`mentormix_fast.MentorMix` (its buffers updated in place
     where the backend can, else with copies), ``plan``, ``mix_inputs``, ``mixed_loss``, backward."""
     g = torch.Generator(device="cpu").manual_seed(seed)
@@ -98,10 +92,10 @@ def make_step(variant: str, batch: int, classes: int, dtype: torch.dtype, device
         return mm.mixed_loss(z2, y, plan), xm
 
     if variant == COMPILED:
-        # One static graph per shape: a symbolic batch size breaks torch.rand(B) in the draws, and
-        # a run over many shapes and dtypes would otherwise hit the recompile limit.
+        # Static shapes: one graph per shape (the fastest code, a compile per case); dynamic: one
+        # graph for every batch size and class count (a compile per dtype, for short runs).
         torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
-        fwd = torch.compile(forward, fullgraph=True, dynamic=False)
+        fwd = torch.compile(forward, fullgraph=True, dynamic=dynamic)
     else:
         fwd = forward
 

@@ -40,6 +40,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--dtypes", nargs="*", default=list(harness.DTYPES), choices=list(harness.DTYPES))
     ap.add_argument("--variants", nargs="*", help="backends to time (default: all available + reference+compile)")
     ap.add_argument("--min-time", type=float, default=0.2, help="seconds of timed calls per cell")
+    ap.add_argument("--compile-dynamic", action="store_true",
+                    help="compile the reference once with dynamic shapes instead of once per case")
     ap.add_argument("--out", default=None, help="JSON path (default: bench/results/<device>-<utc time>.json)")
     args = ap.parse_args(argv)
 
@@ -54,7 +56,7 @@ def main(argv=None) -> dict:
             times, launches = {}, {}
             for name in names:
                 try:
-                    step = harness.make_step(name, b, k, dtype, device)
+                    step = harness.make_step(name, b, k, dtype, device, dynamic=args.compile_dynamic)
                     times[name] = harness.time_step(step, min_time=args.min_time)
                     launches[name] = harness.device_launches(step)
                 except Exception as exc:  # one failing variant must not hide the others
@@ -64,31 +66,40 @@ def main(argv=None) -> dict:
                 rows.append(dict(variant=name, batch=b, classes=k, dtype=dtype_name, seconds=sec,
                                  speedup_vs_reference=times.get("reference", float("nan")) / sec,
                                  speedup_vs_compiled=times.get(harness.COMPILED, float("nan")) / sec,
-                                 minimal_bytes=nbytes, fraction_of_copy_bw=nbytes / sec / copy_bw,
-                                 device_launches=launches.get(name)))
-
-    header = (f"{'variant':<20}{'dtype':<6}{'B':>8}{'K':>8}{'ms/step':>11}{'x ref':>8}{'x comp':>8}{'% copy bw':>11}"
-              f"{'launches':>10}")
-    print(f"device: {harness.device_name(device)}; copy bandwidth {copy_bw / 1e9:.1f} GB/s")
-    print(header)
-    print("-" * len(header))
-    for r in rows:
-        print(f"{r['variant']:<20}{r['dtype']:<6}{r['batch']:>8}{r['classes']:>8}{r['seconds'] * 1e3:>11.3f}"
-              f"{r['speedup_vs_reference']:>8.2f}{r['speedup_vs_compiled']:>8.2f}"
-              f"{100 * r['fraction_of_copy_bw']:>10.1f}%"
-              f"{'-' if r['device_launches'] is None else r['device_launches']:>10}")
+                                 minimal_bytes=nbytes, achieved_gb_s=nbytes / sec / 1e9,
+                                 fraction_of_copy_bw=nbytes / sec / copy_bw, device_launches=launches.get(name)))
 
     now = datetime.datetime.now(datetime.UTC)
     result = dict(device=harness.device_name(device), date=now.isoformat(timespec="seconds"),
                   command="python bench/run_bench.py " + " ".join(argv if argv is not None else sys.argv[1:]),
                   torch=torch.__version__, triton_interpret=os.environ.get("TRITON_INTERPRET") == "1",
                   copy_bandwidth=copy_bw, mix_dim=harness.MIX_DIM, rows=rows)
+    table = markdown(result)
+    print(table)
     out = pathlib.Path(args.out) if args.out else (pathlib.Path(__file__).resolve().parent / "results" /
                                                    f"{device}-{now.strftime('%Y%m%dT%H%M%SZ')}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1))
-    print(f"saved {out}")
+    out.with_suffix(".md").write_text(table)
+    print(f"saved {out} and {out.with_suffix('.md')}")
     return result
+
+
+def markdown(result: dict) -> str:
+    """The result as a Markdown table with its device, date and command."""
+    lines = ["# MentorMix loss step: every backend beside the eager reference and torch.compile of it", "",
+             f"- device: {result['device']}; measured copy bandwidth {result['copy_bandwidth'] / 1e9:.1f} GB/s",
+             f"- date: {result['date']}", f"- command: `{result['command']}`",
+             f"- torch {result['torch']}; one step = plan (draws included) + mix of x [B, {result['mix_dim']}] + "
+             "mixed loss forward and backward (second reweighting); minimal bytes = 4 B K s + 2 B D s", "",
+             "| variant | dtype | B | K | ms/step | x eager | x compiled | GB/s | % copy bw | launches |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in result["rows"]:
+        launches = "-" if r["device_launches"] is None else r["device_launches"]
+        lines.append(f"| {r['variant']} | {r['dtype']} | {r['batch']} | {r['classes']} | {r['seconds'] * 1e3:.3f} | "
+                     f"{r['speedup_vs_reference']:.2f} | {r['speedup_vs_compiled']:.2f} | {r['achieved_gb_s']:.1f} | "
+                     f"{100 * r['fraction_of_copy_bw']:.1f} | {launches} |")
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

@@ -252,7 +252,12 @@ def mixed_loss_grad(logits, target, partner, lam, weights, grad_output=1.0) -> t
 
 def draw_uniform(batch: int, generator: torch.Generator | None, device) -> torch.Tensor:
     """``u ~ U[0, 1)``, [B] float64 (float64 so that the inverse CDF resolves small probabilities)."""
-    return torch.rand(batch, generator=generator, device=device, dtype=torch.float64)
+    return torch.rand(batch, device=device, dtype=torch.float64, **_generator_kwargs(generator))
+
+
+def _generator_kwargs(generator: torch.Generator | None) -> dict:
+    # Without a generator the plain overload: torch.compile traces it with a symbolic batch size.
+    return {} if generator is None else {"generator": generator}
 
 
 def draw_beta(alpha: float, batch: int, generator: torch.Generator | None, device) -> torch.Tensor:
@@ -261,9 +266,9 @@ def draw_beta(alpha: float, batch: int, generator: torch.Generator | None, devic
     tiny alpha gives b near 0 or 1 with equal probability instead of underflowing gamma draws."""
     boost = alpha < 1.0
     conc = torch.full((2, batch), float(alpha) + (1.0 if boost else 0.0), dtype=torch.float64, device=device)
-    log_g = torch.log(torch._standard_gamma(conc, generator=generator))
+    log_g = torch.log(torch._standard_gamma(conc, **_generator_kwargs(generator)))
     if boost:
-        u = torch.rand((2, batch), generator=generator, dtype=torch.float64, device=device)
+        u = torch.rand((2, batch), dtype=torch.float64, device=device, **_generator_kwargs(generator))
         log_g = log_g + torch.log1p(-u) / float(alpha)
     return torch.sigmoid(log_g[0] - log_g[1]).to(torch.float32)
 

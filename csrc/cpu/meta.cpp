@@ -60,7 +60,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> mixed_loss(
     TORCH_CHECK(loss_ma_mixed.has_value(), "loss_ma_mixed: required with second_reweight");
   }
   const auto f32 = logits.options().dtype(at::kFloat);
-  auto weights = (second_reweight || given_weights.has_value()) ? rows_f32(logits) : at::empty({0}, f32);
+  auto weights = second_reweight ? rows_f32(logits) : at::empty({0}, f32);
   return {at::empty({}, f32), rows_f32(logits), weights};
 }
 

@@ -92,8 +92,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> mixed_loss(
     compute_weights(m_ptr, B, ma, p, weights.data_ptr<float>());
     *loss.data_ptr<float>() = weighted_mean(m_ptr, weights.const_data_ptr<float>(), B);
   } else if (given_weights.has_value()) {
-    weights = given_weights->clone(at::MemoryFormat::Contiguous);  // an output never aliases an input
-    *loss.data_ptr<float>() = weighted_mean(m_ptr, weights.const_data_ptr<float>(), B);
+    weights = at::empty({0}, f32);
+    const auto given = given_weights->contiguous();
+    *loss.data_ptr<float>() = weighted_mean(m_ptr, given.const_data_ptr<float>(), B);
   } else {
     weights = at::empty({0}, f32);
     *loss.data_ptr<float>() = weighted_mean(m_ptr, nullptr, B);

@@ -122,9 +122,7 @@ __global__ void __launch_bounds__(kBatchThreads, 1)
     }
   } else if (given_weights != nullptr) {
     for (int64_t i = threadIdx.x; i < B; i += blockDim.x) {
-      const float wi = given_weights[i];
-      weights[i] = wi;
-      acc += static_cast<double>(wi * m[i]);
+      acc += static_cast<double>(given_weights[i] * m[i]);
     }
   } else {
     for (int64_t i = threadIdx.x; i < B; i += blockDim.x) acc += static_cast<double>(m[i]);

@@ -47,7 +47,7 @@ void launch_plan_batch(const float* loss, int64_t B, float* loss_ma, const Batch
                        float* v, int64_t* partner, float* lam, float* cdf, cudaStream_t stream);
 
 // mixed_loss's batch part from m [B]: loss = sum(w m) / B with w = v2 (second_reweight, written
-// to weights, loss_ma_mixed updated in place), given_weights (copied to weights) or 1;
+// to weights, loss_ma_mixed updated in place), given_weights or 1;
 // num_steps = t + 1 when not null.
 void launch_mixed_loss_batch(const float* m, int64_t B, float* loss_ma_mixed, int64_t* num_steps,
                              const BatchParams& p, bool second_reweight, const float* given_weights, float* weights,

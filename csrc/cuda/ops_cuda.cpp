@@ -248,7 +248,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> mixed_loss(
   const auto f32 = c.logits.options().dtype(at::kFloat);
   auto lse = at::empty({B}, f32);
   auto m = at::empty({B}, f32);
-  auto weights = at::empty({(second_reweight || given.defined()) ? B : 0}, f32);
+  auto weights = at::empty({second_reweight ? B : 0}, f32);
   auto loss = at::empty({}, f32);
   const auto stream = c10::cuda::getCurrentCUDAStream();
   launch_loss_rows(c.logits, c.target, c.partner, c.lam, m, lse, stream);

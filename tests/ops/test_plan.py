@@ -346,3 +346,31 @@ def test_plan_on_another_gpu_than_the_current_one(fast_case):
     z, y, u, beta = batch(64, 10, torch.float32, "cuda:1")
     out = run_plan(case, z, y, "threshold", 50, Config(), u, beta)
     torch.testing.assert_close(out[0], ref.per_sample_ce(z, y), rtol=1e-5, atol=1e-5)
+
+
+def test_a_call_that_raises_moves_no_state(fast_case):
+    case = fast_case
+    z, y, u, beta = batch(8, 3, torch.float32, case.device)
+    ma, rng = torch.tensor(0.5, device=case.device), torch.tensor([1, 4], device=case.device)
+    mn = case.mentornet(mf.mentornet_pd())
+    for bad in (dict(y=y[:3]), dict(mn=mn[:7]), dict(u=u.float())):
+        with pytest.raises((RuntimeError, ValueError, TypeError)):
+            case.ops.plan(z, bad.get("y", y), ma, rng, bad.get("mn", mn), torch.tensor(50), None, bad.get("u", u),
+                          beta, 100, 0.7, 0.5, 10, 8.0)
+        assert float(ma) == 0.5 and rng.tolist() == [1, 4]
+
+
+def test_cpu_draws_do_not_depend_on_the_thread_count(case):
+    if case.name != "cpu":
+        pytest.skip("the C++ CPU kernels' threads")
+    z, y, _, _ = batch(5000, 2, torch.float32, "cpu")
+    threads = torch.get_num_threads()
+    try:
+        outs = []
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            outs.append(run_plan(case, z, y, "threshold", 50, Config(alpha=0.5), rng=(9, 3)))
+    finally:
+        torch.set_num_threads(threads)
+    for a, b in zip(*outs, strict=True):
+        assert torch.equal(a, b)
