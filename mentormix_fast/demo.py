@@ -17,9 +17,9 @@ import time
 import torch
 from torch import nn
 
-from .datasets import load_digits
 from .module import MentorMix
-from .noise import corrupt_labels, corruption_rate
+from .train.data import load_digits
+from .train.noise import corrupt_labels, corruption_rate
 
 # (mixup_alpha, percentile, second_reweight) per noise level: the release's CIFAR-10 table.
 RELEASE_SETTINGS = {0.2: (2.0, 0.8, False), 0.4: (8.0, 0.6, False), 0.6: (8.0, 0.6, True), 0.8: (4.0, 0.2, True)}

@@ -1,6 +1,6 @@
 """Plots of a training run (matplotlib, PNG), from the CSV logs that ``mentormix_fast.train`` writes.
 
-    python -m mentormix_fast.plots RUN_DIR [--out DIR] [--from-step S]
+    python -m mentormix_fast.train.plots RUN_DIR [--out DIR] [--from-step S]
 
 * ``accuracy.png``: test top-1 of the EMA weights (test_log.csv) and the training loss
   (train_log.csv) against the step;
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .runlog import read_csv
+from .logs import read_csv
 
 
 def _pyplot():

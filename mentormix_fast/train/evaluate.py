@@ -1,6 +1,7 @@
-"""Evaluate a training checkpoint: top-1 on the clean test split with the EMA weights (SPEC §3).
+"""Evaluation: top-1 on the clean test split (BatchNorm in eval mode, no augmentation), and the
+command line that measures it for a training checkpoint with the EMA weights (SPEC §3).
 
-    python -m mentormix_fast.eval RUN_DIR_OR_CHECKPOINT [--data-dir DIR] [--raw] [--output FILE]
+    python -m mentormix_fast.train.evaluate RUN_DIR_OR_CHECKPOINT [--data-dir DIR] [--raw] [--output FILE]
 
 A folder means its latest ``ckpt-*.pt``. The model, dataset and data folder come from the
 checkpoint's training arguments (``--data-dir`` overrides the folder). Writes JSON (default:
@@ -15,11 +16,29 @@ import sys
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from . import checkpoint as ckpt
-from .datasets import load_dataset
-from .evaluation import top1_accuracy
+from .augment import to_signed_unit
+from .data import Split, load_dataset
 from .models import build_model
+
+
+@torch.no_grad()
+def top1_accuracy(model: nn.Module, split: Split, device, batch_size: int = 500, amp_dtype=None) -> float:
+    """Fraction of ``split`` whose argmax logit equals the clean label; images are mapped to [-1, 1]
+    (uint8) or used as they are (float)."""
+    was_training = model.training
+    model.eval()
+    correct = 0
+    device = torch.device(device)
+    for start in range(0, len(split.labels), batch_size):
+        x = to_signed_unit(split.images[start:start + batch_size].to(device))
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            logits = model(x)
+        correct += int((logits.argmax(1).cpu() == split.labels[start:start + batch_size]).sum())
+    model.train(was_training)
+    return correct / max(len(split.labels), 1)
 
 
 def resolve_checkpoint(path) -> Path:

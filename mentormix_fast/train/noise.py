@@ -85,14 +85,14 @@ def load_or_make_noisy_labels(data_dir, dataset: str, clean, rate: float, num_cl
 
 
 def main(argv=None) -> int:
-    """``python -m mentormix_fast.noise --dataset cifar10 --rate 0.4 --data-dir DIR``: write (or read)
+    """``python -m mentormix_fast.train.noise --dataset cifar10 --rate 0.4 --data-dir DIR``: write (or read)
     the noisy labels of one setting and print the report as JSON."""
     import argparse
     import json
 
-    from .datasets import DATASETS, load_dataset
+    from .data import DATASETS, load_dataset
 
-    p = argparse.ArgumentParser(prog="python -m mentormix_fast.noise", description=main.__doc__.split(":")[0])
+    p = argparse.ArgumentParser(prog="python -m mentormix_fast.train.noise", description=main.__doc__.split(":")[0])
     p.add_argument("--dataset", choices=DATASETS, default="digits")
     p.add_argument("--data-dir", default="data")
     p.add_argument("--rate", type=float, required=True)

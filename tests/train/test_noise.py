@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from mentormix_fast.noise import (
+from mentormix_fast.train.noise import (
     corrupt_labels,
     corruption_rate,
     expected_corruption_rate,
@@ -63,7 +63,7 @@ def test_saved_next_to_the_data_and_reused(tmp_path):
 def test_command_line_writes_and_reports(tmp_path, capsys):
     import json
 
-    from mentormix_fast.noise import main
+    from mentormix_fast.train.noise import main
 
     assert main(["--data-dir", str(tmp_path), "--rate", "0.6"]) == 0
     report = json.loads(capsys.readouterr().out)

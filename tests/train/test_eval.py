@@ -1,22 +1,17 @@
-"""``python -m mentormix_fast.eval``: top-1 of the EMA weights on the clean test split, JSON out."""
+"""``python -m mentormix_fast.train.evaluate``: top-1 of the EMA weights on the clean test split, JSON out."""
 
 import json
 
 import pytest
 
-from mentormix_fast import checkpoint as ckpt
-from mentormix_fast.eval import evaluate_checkpoint, main
-from mentormix_fast.train import main as train_main
+from mentormix_fast.train import checkpoint as ckpt
+from mentormix_fast.train.evaluate import evaluate_checkpoint, main
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
+def run_dir(tmp_path_factory, train_run):
     tmp = tmp_path_factory.mktemp("eval")
-    out = tmp / "run"
-    train_main(["--out-dir", str(out), "--data-dir", str(tmp / "data"), "--model", "resnet8", "--batch-size", "16",
-                "--max-steps", "6", "--eval-every", "0", "--checkpoint-every", "3", "--no-progress",
-                "--no-tensorboard"])
-    return out
+    return train_run(tmp / "run", tmp / "data", "--max-steps", "6", "--eval-every", "0", "--checkpoint-every", "3")
 
 
 def test_latest_checkpoint_of_a_folder_matches_the_training_summary(run_dir, capsys):
