@@ -3,6 +3,7 @@
 import pytest
 
 from mentormix_fast import demo
+from mentormix_fast.train import presets
 
 
 def test_demo_prints_a_row_per_method(capsys):
@@ -20,6 +21,7 @@ def test_mentormix_ahead_of_ce(noise):
 
 
 def test_release_setting_picks_nearest_row():
+    assert demo.release_setting is presets.release_setting  # the training program's table, not a copy
     assert demo.release_setting(0.4) == (8.0, 0.6, False)
     assert demo.release_setting(0.55) == (8.0, 0.6, True)
     assert demo.release_setting(0.0) == (2.0, 0.8, False)
