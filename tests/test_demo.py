@@ -27,6 +27,8 @@ def test_release_setting_picks_nearest_row():
     assert demo.release_setting(0.0) == (2.0, 0.8, False)
 
 
-def test_bad_noise_is_rejected():
-    with pytest.raises(SystemExit):
-        demo.main(["--noise", "1.5"])
+@pytest.mark.parametrize("argv", [["--noise", "1.5"], ["--steps", "0"], ["--seeds", "0"]])
+def test_bad_flags_are_rejected(argv, capsys):
+    with pytest.raises(SystemExit) as exc:
+        demo.main(argv)
+    assert exc.value.code == 2 and f"argument {argv[0]}: " in capsys.readouterr().err

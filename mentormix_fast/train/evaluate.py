@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from . import argtypes
 from . import checkpoint as ckpt
 from .augment import to_signed_unit
 from .data import Split, load_dataset
@@ -74,12 +75,13 @@ def evaluate_checkpoint(path, data_dir=None, use_ema: bool = True, device: str =
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="mentormix-eval", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="mentormix-eval", description=__doc__.split("\n\n")[0],
+                                formatter_class=argtypes.HelpFormatter)
     p.add_argument("path", help="a checkpoint file, or a run folder (its latest checkpoint)")
     p.add_argument("--data-dir", default=None, help="override the data folder stored in the checkpoint")
     p.add_argument("--raw", action="store_true", help="evaluate the raw weights instead of the EMA")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--batch-size", type=int, default=500)
+    p.add_argument("--device", type=argtypes.device, default="auto", help="where to run the model")
+    p.add_argument("--batch-size", type=argtypes.positive_int, default=500, help="images per forward pass")
     p.add_argument("--output", default=None, help="JSON file to write (default: eval-<step>.json beside it)")
     return p
 

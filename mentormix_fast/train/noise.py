@@ -90,14 +90,16 @@ def main(argv=None) -> int:
     import argparse
     import json
 
+    from . import argtypes
     from .data import DATASETS, load_dataset
 
-    p = argparse.ArgumentParser(prog="python -m mentormix_fast.train.noise", description=main.__doc__.split(":")[0])
-    p.add_argument("--dataset", choices=DATASETS, default="digits")
-    p.add_argument("--data-dir", default="data")
-    p.add_argument("--rate", type=float, required=True)
-    p.add_argument("--kind", choices=NOISE_KINDS, default="symmetric")
-    p.add_argument("--seed", type=int, default=0)
+    p = argparse.ArgumentParser(prog="python -m mentormix_fast.train.noise", description=main.__doc__.split(":")[0],
+                                formatter_class=argtypes.HelpFormatter)
+    p.add_argument("--dataset", choices=DATASETS, default="digits", help="whose training labels to corrupt")
+    p.add_argument("--data-dir", default="data", help="the data folder; the labels go to its noisy_labels/")
+    p.add_argument("--rate", type=argtypes.unit_interval, required=True, help="noise rate r")
+    p.add_argument("--kind", choices=NOISE_KINDS, default="symmetric", help="symmetric or pair-flip noise")
+    p.add_argument("--seed", type=argtypes.nonnegative_int, default=0, help="seed of the noise draws")
     args = p.parse_args(argv)
     train, _, num_classes = load_dataset(args.dataset, args.data_dir)
     _, report = load_or_make_noisy_labels(args.data_dir, args.dataset, train.labels.numpy(), args.rate,
