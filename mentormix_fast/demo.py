@@ -1,6 +1,6 @@
 """Offline demo: plain CE vs mixup vs MentorMix on noisy handwritten digits.
 
-    python -m mentormix_fast.demo [--noise 0.4] [--seed 0] [--steps 1500] [--seeds N]
+    python -m mentormix_fast.demo [--noise 0.4] [--seed 0] [--steps 1500] [--seeds N] [--threads 1]
 
 Trains the same small network three times on scikit-learn's digits (shipped with the package, no
 download) with symmetric label noise (SPEC §3), and prints the clean test accuracy of each
@@ -12,6 +12,7 @@ accuracy and settings are the training program's (:mod:`mentormix_fast.train`).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import time
 
 import torch
@@ -73,15 +74,29 @@ def train_one(method: str, train_x, train_y, steps: int, seed: int, noise: float
     return ema.averaged_model(model)
 
 
-def run(noise: float, seeds, steps: int) -> dict[str, list[float]]:
-    """Clean test accuracy per method, one entry per seed."""
+@contextlib.contextmanager
+def intra_op_threads(threads: int):
+    """torch's intra-op threads set to ``threads`` (0: left as they are) inside the block, restored after."""
+    before = torch.get_num_threads()
+    if threads > 0:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def run(noise: float, seeds, steps: int, threads: int = 1) -> dict[str, list[float]]:
+    """Clean test accuracy per method, one entry per seed; the training runs on ``threads`` intra-op
+    threads (the network is tiny: one is fastest; 0: torch's setting as it is)."""
     train, test, num_classes = load_digits()
     results = {m: [] for m in METHODS}
-    for seed in seeds:
-        noisy = torch.from_numpy(corrupt_labels(train.labels.numpy(), noise, num_classes, seed=seed))
-        for method in METHODS:
-            model = train_one(method, train.images, noisy, steps, seed, noise)
-            results[method].append(top1_accuracy(model, test, "cpu"))
+    with intra_op_threads(threads):
+        for seed in seeds:
+            noisy = torch.from_numpy(corrupt_labels(train.labels.numpy(), noise, num_classes, seed=seed))
+            for method in METHODS:
+                model = train_one(method, train.images, noisy, steps, seed, noise)
+                results[method].append(top1_accuracy(model, test, "cpu"))
     return results
 
 
@@ -96,7 +111,7 @@ def report(args) -> None:
     print(f"digits: {len(train.labels)} train / {len(test.labels)} test images, noise {args.noise} (actual corruption "
           f"{sum(rates) / len(rates):.3f}), {args.steps} steps, seeds {seeds}")
     print(f"MentorMix: alpha={alpha}, percentile={p}, second_reweight={second}, burn_in_epoch=10, MentorNet-PD")
-    results = run(args.noise, seeds, args.steps)
+    results = run(args.noise, seeds, args.steps, args.threads)
     print(f"\n| method    | clean test accuracy, mean of {len(seeds)} | per seed |")
     print("|-----------|-------------------------------|----------|")
     for method, accs in results.items():
@@ -113,6 +128,8 @@ def main(argv=None) -> None:
     ap.add_argument("--seed", type=argtypes.nonnegative_int, default=0, help="first seed")
     ap.add_argument("--seeds", type=argtypes.positive_int, default=3, help="number of seeds (seed, seed+1, ...)")
     ap.add_argument("--steps", type=argtypes.positive_int, default=1500, help="training steps per method")
+    ap.add_argument("--threads", type=argtypes.nonnegative_int, default=1,
+                    help="torch's intra-op CPU threads (the network is tiny: one is fastest); 0: torch's default")
     report(ap.parse_args(argv))
 
 

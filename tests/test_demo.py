@@ -1,13 +1,16 @@
 """The offline main job: it runs, prints its table, and MentorMix beats CE under heavy noise."""
 
 import pytest
+import torch
 
 from mentormix_fast import demo
 from mentormix_fast.train import presets
 
 
 def test_demo_prints_a_row_per_method(capsys):
+    before = torch.get_num_threads()
     demo.main(["--noise", "0.4", "--steps", "40", "--seeds", "1"])
+    assert torch.get_num_threads() == before  # one thread while it runs, the caller's count afterwards
     out = capsys.readouterr().out
     for method in demo.METHODS:
         assert f"| {method}" in out
@@ -27,7 +30,7 @@ def test_release_setting_picks_nearest_row():
     assert demo.release_setting(0.0) == (2.0, 0.8, False)
 
 
-@pytest.mark.parametrize("argv", [["--noise", "1.5"], ["--steps", "0"], ["--seeds", "0"]])
+@pytest.mark.parametrize("argv", [["--noise", "1.5"], ["--steps", "0"], ["--seeds", "0"], ["--threads", "-1"]])
 def test_bad_flags_are_rejected(argv, capsys):
     with pytest.raises(SystemExit) as exc:
         demo.main(argv)

@@ -137,6 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seed of the initial weights, the data order, the augmentation and MentorMix's draws")
     g.add_argument("--device", type=argtypes.device, default="auto",
                    help="auto: CUDA when available, else the CPU; cuda under torchrun: each rank's local GPU")
+    g.add_argument("--threads", type=argtypes.nonnegative_int, default=0,
+                   help="torch's intra-op CPU threads; 0: automatic (1 for a model under 5M parameters on the "
+                        "CPU, else torch's default)")
     g.add_argument("--resume", nargs="?", const="latest", default=None,
                    help="continue from the latest checkpoint in --out-dir (or from the given file) "
                         "(default: start from step 0)")
@@ -185,11 +188,13 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    threads = torch.get_num_threads()  # the Trainer may set its own; an in-process caller gets this back
     info = world.setup(args.device)
     try:
         Trainer(args, info).run()
     finally:
         world.teardown()
+        torch.set_num_threads(threads)
     if info.enabled:
         # A torchrun worker can still abort in C++ static destructors at interpreter exit ("terminate
         # called without an active exception", seen ~1 in 10 runs with gloo on CPU, after a clean

@@ -104,6 +104,21 @@ def backend_name(name: str, device: torch.device) -> str:
     return get_backend(name, device).name
 
 
+# Below this many parameters a CPU run uses one intra-op thread: on a shared machine, a small network's
+# ops are too short to gain from a second thread and lose much when another job holds a core.
+SMALL_MODEL_PARAMETERS = 5_000_000
+
+
+def choose_threads(requested: int, device: torch.device, num_parameters: int) -> int | None:
+    """torch's intra-op thread count for a run: ``requested`` when > 0; for 0 (automatic) one thread for a
+    small model on the CPU, else None (torch's default)."""
+    if requested > 0:
+        return requested
+    if device.type == "cpu" and num_parameters < SMALL_MODEL_PARAMETERS:
+        return 1
+    return None
+
+
 def params_digest(model: nn.Module) -> str:
     """A short hash of the parameters (not the buffers: BatchNorm statistics are per rank under DDP)."""
     h = hashlib.sha256()
@@ -153,6 +168,9 @@ class Trainer:
 
         torch.manual_seed(args.seed)
         self.model = build_model(args.model, self.num_classes, train.images.shape[1]).to(self.device)
+        threads = choose_threads(args.threads, self.device, count_parameters(self.model))
+        if threads is not None:
+            torch.set_num_threads(threads)
         self.memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
         self.model.to(memory_format=self.memory_format)
         self.net = self.model
@@ -267,7 +285,7 @@ class Trainer:
         backend = backend_name(args.backend, self.device)
         self.log(f"{args.dataset} noise {args.noise_kind} {args.noise_rate} (actual {self.noise['actual_rate']:.4f}), "
                  f"{args.model} ({count_parameters(self.model):,} parameters), backend {backend}, "
-                 f"world {self.info.world_size}, device {self.device}")
+                 f"world {self.info.world_size}, device {self.device}, {torch.get_num_threads()} CPU threads")
         train_log = test_log = weights_log = None
         tb = TensorBoardLog(self.out / "tb", main and args.tensorboard, purge_step=resume_step)
         if main:
@@ -320,14 +338,14 @@ class Trainer:
                 log.close()
         tb.close()
         digests = world.all_gather_objects({"model": params_digest(self.model),
-                                                 "ema": params_digest(self.ema.averaged_model(self.model))})
+                                            "ema": params_digest(self.ema.averaged_model(self.model))})
         summary = {"step": self.step, "finished": self.step >= args.max_steps, "top1_ema": top1,
                    "dataset": args.dataset, "noise": self.noise, "model": args.model,
                    "parameters": count_parameters(self.model), "backend": backend,
-                   "world_size": self.info.world_size, "rank_digests": digests,
+                   "world_size": self.info.world_size, "threads": torch.get_num_threads(), "rank_digests": digests,
                    "ranks_agree": all(d == digests[0] for d in digests),
                    "rank_loss_ma": world.all_gather_objects([float(self.mentormix.loss_ma),
-                                                                  float(self.mentormix.loss_ma_mixed)]),
+                                                             float(self.mentormix.loss_ma_mixed)]),
                    "resumed_from": self.resumed_from,
                    "wall_s": round(time.time() - started, 3)}
         if main:

@@ -1,5 +1,6 @@
-"""The trainer's command line: help text, range checks (exit code 2 naming the flag), devices."""
+"""The trainer's command line: help text, range checks (exit code 2 naming the flag), devices, threads."""
 
+import json
 import re
 
 import pytest
@@ -8,13 +9,14 @@ import torch
 from mentormix_fast.train import argtypes
 from mentormix_fast.train.cli import build_parser, main, parse_args
 from mentormix_fast.train.presets import PRESETS, REPORTED_TOP1
+from mentormix_fast.train.trainer import choose_threads
 
 
 def test_every_flag_has_help_and_shows_its_default():
     parser = build_parser()
     formatter = parser._get_formatter()
     actions = [a for a in parser._actions if a.option_strings and a.dest != "help"]
-    assert len(actions) == 39
+    assert len(actions) == 40
     for action in actions:
         assert action.help, action.option_strings
         assert "default" in formatter._get_help_string(action), action.option_strings
@@ -76,6 +78,7 @@ BAD = [
     (["--eval-every", "-5"], "--eval-every", ">= 0"),
     (["--seed", "-1"], "--seed", ">= 0"),
     (["--noise-seed", "-3"], "--noise-seed", ">= 0"),
+    (["--threads", "-1"], "--threads", ">= 0"),
     (["--device", "gpu0"], "--device", "auto, cpu, cuda or cuda:N"),
     (["--device", "cuda:x"], "--device", "auto, cpu, cuda or cuda:N"),
     (["--preset", "cifar10-0.4", "--percentile", "7"], "--percentile", "in [0, 1]"),
@@ -102,10 +105,10 @@ def test_main_rejects_before_touching_anything(tmp_path, capsys):
 def test_edges_of_the_ranges_are_accepted():
     args = parse_args(["--ema-decay", "0", "--lr-decay-factor", "1", "--percentile", "1", "--mixup-alpha", "0",
                        "--momentum", "0", "--weight-decay", "0", "--stop-at-step", "0", "--noise-rate", "0",
-                       "--loss-ma-decay", "1", "--checkpoint-every", "0", "--keep-checkpoints", "0",
+                       "--loss-ma-decay", "1", "--checkpoint-every", "0", "--keep-checkpoints", "0", "--threads", "3",
                        "--device", "cpu"])
     assert (args.ema_decay, args.lr_decay_factor, args.percentile, args.mixup_alpha) == (0.0, 1.0, 1.0, 0.0)
-    assert (args.stop_at_step, args.device) == (0, "cpu")
+    assert (args.stop_at_step, args.threads, args.device) == (0, 3, "cpu")
 
 
 def test_cuda_without_a_gpu_is_a_flag_error(monkeypatch, capsys):
@@ -139,3 +142,29 @@ def test_converters_say_what_they_accept():
     with pytest.raises(ValueError):
         argtypes.finite_float()
 
+
+@pytest.mark.parametrize("requested, device, parameters, expected", [
+    (0, "cpu", 75_290, 1),          # resnet8
+    (0, "cpu", 464_154, 1),         # resnet32 (the digits default)
+    (0, "cpu", 29_442_378, None),   # the wide student: torch's default
+    (0, "cuda", 75_290, None),      # a GPU run: torch's default
+    (3, "cpu", 75_290, 3),
+    (2, "cuda", 29_442_378, 2),
+])
+def test_automatic_threads(requested, device, parameters, expected):
+    assert choose_threads(requested, torch.device(device), parameters) == expected
+
+
+def test_a_small_cpu_run_uses_one_thread_and_gives_the_count_back(tmp_path, train_run):
+    before = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        out = train_run(tmp_path / "run", tmp_path / "data", "--max-steps", "2", "--eval-every", "0",
+                        "--checkpoint-every", "0", "--device", "cpu")
+        assert json.loads((out / "summary.json").read_text())["threads"] == 1
+        assert torch.get_num_threads() == 3
+        out = train_run(tmp_path / "run2", tmp_path / "data", "--max-steps", "2", "--eval-every", "0",
+                        "--checkpoint-every", "0", "--device", "cpu", "--threads", "2")
+        assert json.loads((out / "summary.json").read_text())["threads"] == 2
+    finally:
+        torch.set_num_threads(before)

@@ -29,6 +29,7 @@ def _torchrun(tmp_path, name, *extra):
 def test_two_gloo_ranks_agree(tmp_path):
     summary = _torchrun(tmp_path, "local")
     assert summary["world_size"] == 2 and summary["finished"]
+    assert summary["threads"] == 1  # a small student on the CPU: one intra-op thread per rank
     assert summary["ranks_agree"], summary["rank_digests"]
     # Local percentiles: each rank tracks the percentile of its own batch.
     assert summary["rank_loss_ma"][0] != summary["rank_loss_ma"][1]
