@@ -97,12 +97,12 @@ device.accepts = "auto, cpu, cuda or cuda:N"
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Every flag's default (unless its help already names one) and accepted range after its help; the
-    description and epilog keep their line breaks (for tables)."""
+    """Each flag's default (not for a required one, nor when its help names one already) and accepted range
+    after its help; the description and the epilog keep their line breaks (for tables)."""
 
     def _get_help_string(self, action):
         text = action.help or ""
-        if "default:" in text or "%(default)" in text:
+        if action.required or "default:" in text or "%(default)" in text:
             base = text
         else:
             base = super()._get_help_string(action)

@@ -36,3 +36,10 @@ def test_one_checkpoint_file_and_raw_weights(run_dir):
 def test_empty_folder_is_an_error(tmp_path):
     with pytest.raises(FileNotFoundError):
         evaluate_checkpoint(tmp_path)
+
+
+@pytest.mark.parametrize("argv", [["--batch-size", "0"], ["--device", "gpu0"]])
+def test_bad_flags_exit_2(tmp_path, capsys, argv):
+    with pytest.raises(SystemExit) as exc:
+        main([str(tmp_path), *argv])
+    assert exc.value.code == 2 and f"argument {argv[0]}: " in capsys.readouterr().err

@@ -69,3 +69,12 @@ def test_command_line_writes_and_reports(tmp_path, capsys):
     report = json.loads(capsys.readouterr().out)
     assert report["rate"] == 0.6 and abs(report["actual_rate"] - 0.54) < 0.05
     assert (tmp_path / "noisy_labels" / "digits-symmetric-r0.6-s0.npz").exists()
+
+
+@pytest.mark.parametrize("argv", [["--rate", "1.5"], ["--rate", "nan"], ["--rate", "0.4", "--seed", "-1"]])
+def test_command_line_rejects_bad_values(capsys, argv):
+    from mentormix_fast.train.noise import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2 and "argument --" in capsys.readouterr().err
