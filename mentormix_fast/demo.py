@@ -1,34 +1,33 @@
 """Offline demo: plain CE vs mixup vs MentorMix on noisy handwritten digits.
 
-    python -m mentormix_fast.demo [--noise 0.4] [--seed 0] [--steps 1500] [--seeds N]
+    python -m mentormix_fast.demo [--noise 0.4] [--seed 0] [--steps 1500] [--seeds N] [--threads 1]
 
 Trains the same small network three times on scikit-learn's digits (shipped with the package, no
 download) with symmetric label noise (SPEC §3), and prints the clean test accuracy of each
 method (evaluated with an exponential moving average of the weights, as the release does).
-MentorMix uses the release's CIFAR-10 settings for the noise level (SPEC §3).
+MentorMix uses the release's CIFAR-10 settings for the noise level (SPEC §3). The data, noise, EMA,
+accuracy and settings are the training program's (:mod:`mentormix_fast.train`).
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
+import contextlib
 import time
 
 import torch
 from torch import nn
 
-from .datasets import load_digits
 from .module import MentorMix
-from .noise import corrupt_labels, corruption_rate
+from .train import argtypes
+from .train.data import load_digits
+from .train.ema import WeightEMA
+from .train.evaluate import top1_accuracy
+from .train.noise import corrupt_labels, corruption_rate
+from .train.presets import release_setting
 
-# (mixup_alpha, percentile, second_reweight) per noise level: the release's CIFAR-10 table.
-RELEASE_SETTINGS = {0.2: (2.0, 0.8, False), 0.4: (8.0, 0.6, False), 0.6: (8.0, 0.6, True), 0.8: (4.0, 0.2, True)}
 METHODS = ("CE", "mixup", "MentorMix")
-
-
-def release_setting(noise: float) -> tuple[float, float, bool]:
-    """The release's (alpha, p, second_reweight) for the nearest tabulated noise level."""
-    return RELEASE_SETTINGS[min(RELEASE_SETTINGS, key=lambda r: abs(r - noise))]
+EMA_DECAY = 0.999  # the largest EMA decay: a short run needs a shorter average than the release's 0.9999
 
 
 def make_model(num_classes: int = 10) -> nn.Module:
@@ -41,18 +40,12 @@ def make_model(num_classes: int = 10) -> nn.Module:
     )
 
 
-@torch.no_grad()
-def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> float:
-    model.eval()
-    return float((model(images).argmax(1) == labels).float().mean())
-
-
 def train_one(method: str, train_x, train_y, steps: int, seed: int, noise: float, batch_size: int = 128,
               lr: float = 0.1) -> nn.Module:
     """Train one model with ``method``; returns its weight-EMA copy (the one evaluated)."""
     torch.manual_seed(seed)
     model = make_model()
-    ema = copy.deepcopy(model)
+    ema = WeightEMA(model, EMA_DECAY)
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=2e-4)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
     gen = torch.Generator().manual_seed(seed + 1)
@@ -77,37 +70,38 @@ def train_one(method: str, train_x, train_y, steps: int, seed: int, noise: float
         loss.backward()
         opt.step()
         sched.step()
-        decay = min(0.999, (1 + step) / (10 + step))
-        with torch.no_grad():
-            for pe, pm in zip(ema.state_dict().values(), model.state_dict().values(), strict=True):
-                if pe.dtype.is_floating_point:
-                    pe.mul_(decay).add_(pm, alpha=1 - decay)
-                else:
-                    pe.copy_(pm)
-    return ema
+        ema.update(model, step)
+    return ema.averaged_model(model)
 
 
-def run(noise: float, seeds, steps: int) -> dict[str, list[float]]:
-    """Clean test accuracy per method, one entry per seed."""
+@contextlib.contextmanager
+def intra_op_threads(threads: int):
+    """torch's intra-op threads set to ``threads`` (0: left as they are) inside the block, restored after."""
+    before = torch.get_num_threads()
+    if threads > 0:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def run(noise: float, seeds, steps: int, threads: int = 1) -> dict[str, list[float]]:
+    """Clean test accuracy per method, one entry per seed; the training runs on ``threads`` intra-op
+    threads (the network is tiny: one is fastest; 0: torch's setting as it is)."""
     train, test, num_classes = load_digits()
     results = {m: [] for m in METHODS}
-    for seed in seeds:
-        noisy = torch.from_numpy(corrupt_labels(train.labels.numpy(), noise, num_classes, seed=seed))
-        for method in METHODS:
-            model = train_one(method, train.images, noisy, steps, seed, noise)
-            results[method].append(accuracy(model, test.images, test.labels))
+    with intra_op_threads(threads):
+        for seed in seeds:
+            noisy = torch.from_numpy(corrupt_labels(train.labels.numpy(), noise, num_classes, seed=seed))
+            for method in METHODS:
+                model = train_one(method, train.images, noisy, steps, seed, noise)
+                results[method].append(top1_accuracy(model, test, "cpu"))
     return results
 
 
-def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description="CE vs mixup vs MentorMix on noisy digits (offline).")
-    ap.add_argument("--noise", type=float, default=0.4, help="symmetric label-noise rate in [0, 1]")
-    ap.add_argument("--seed", type=int, default=0, help="first seed")
-    ap.add_argument("--seeds", type=int, default=3, help="number of seeds (seed, seed+1, ...)")
-    ap.add_argument("--steps", type=int, default=1500, help="training steps per method")
-    args = ap.parse_args(argv)
-    if not 0.0 <= args.noise <= 1.0:
-        ap.error(f"--noise must be in [0, 1], got {args.noise}")
+def report(args) -> None:
+    """Train every method on every seed and print the table (``args``: the parsed flags)."""
     t0 = time.time()
     train, test, k = load_digits()
     seeds = list(range(args.seed, args.seed + args.seeds))
@@ -117,13 +111,26 @@ def main(argv=None) -> None:
     print(f"digits: {len(train.labels)} train / {len(test.labels)} test images, noise {args.noise} (actual corruption "
           f"{sum(rates) / len(rates):.3f}), {args.steps} steps, seeds {seeds}")
     print(f"MentorMix: alpha={alpha}, percentile={p}, second_reweight={second}, burn_in_epoch=10, MentorNet-PD")
-    results = run(args.noise, seeds, args.steps)
+    results = run(args.noise, seeds, args.steps, args.threads)
     print(f"\n| method    | clean test accuracy, mean of {len(seeds)} | per seed |")
     print("|-----------|-------------------------------|----------|")
     for method, accs in results.items():
         per_seed = " ".join(f"{a:.3f}" for a in accs)
         print(f"| {method:<9} | {sum(accs) / len(accs):<29.4f} | {per_seed} |")
     print(f"\n({time.time() - t0:.0f} s)")
+
+
+def main(argv=None) -> None:
+    """Parse the flags, train and print the table."""
+    ap = argparse.ArgumentParser(description="CE vs mixup vs MentorMix on noisy digits (offline).",
+                                 formatter_class=argtypes.HelpFormatter)
+    ap.add_argument("--noise", type=argtypes.unit_interval, default=0.4, help="symmetric label-noise rate")
+    ap.add_argument("--seed", type=argtypes.nonnegative_int, default=0, help="first seed")
+    ap.add_argument("--seeds", type=argtypes.positive_int, default=3, help="number of seeds (seed, seed+1, ...)")
+    ap.add_argument("--steps", type=argtypes.positive_int, default=1500, help="training steps per method")
+    ap.add_argument("--threads", type=argtypes.nonnegative_int, default=1,
+                    help="torch's intra-op CPU threads (the network is tiny: one is fastest); 0: torch's default")
+    report(ap.parse_args(argv))
 
 
 if __name__ == "__main__":

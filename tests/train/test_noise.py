@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from mentormix_fast.noise import (
+from mentormix_fast.train.noise import (
     corrupt_labels,
     corruption_rate,
     expected_corruption_rate,
@@ -63,9 +63,18 @@ def test_saved_next_to_the_data_and_reused(tmp_path):
 def test_command_line_writes_and_reports(tmp_path, capsys):
     import json
 
-    from mentormix_fast.noise import main
+    from mentormix_fast.train.noise import main
 
     assert main(["--data-dir", str(tmp_path), "--rate", "0.6"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["rate"] == 0.6 and abs(report["actual_rate"] - 0.54) < 0.05
     assert (tmp_path / "noisy_labels" / "digits-symmetric-r0.6-s0.npz").exists()
+
+
+@pytest.mark.parametrize("argv", [["--rate", "1.5"], ["--rate", "nan"], ["--rate", "0.4", "--seed", "-1"]])
+def test_command_line_rejects_bad_values(capsys, argv):
+    from mentormix_fast.train.noise import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2 and "argument --" in capsys.readouterr().err

@@ -1,22 +1,17 @@
-"""``python -m mentormix_fast.eval``: top-1 of the EMA weights on the clean test split, JSON out."""
+"""``python -m mentormix_fast.train.evaluate``: top-1 of the EMA weights on the clean test split, JSON out."""
 
 import json
 
 import pytest
 
-from mentormix_fast import checkpoint as ckpt
-from mentormix_fast.eval import evaluate_checkpoint, main
-from mentormix_fast.train import main as train_main
+from mentormix_fast.train import checkpoint as ckpt
+from mentormix_fast.train.evaluate import evaluate_checkpoint, main
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
+def run_dir(tmp_path_factory, train_run):
     tmp = tmp_path_factory.mktemp("eval")
-    out = tmp / "run"
-    train_main(["--out-dir", str(out), "--data-dir", str(tmp / "data"), "--model", "resnet8", "--batch-size", "16",
-                "--max-steps", "6", "--eval-every", "0", "--checkpoint-every", "3", "--no-progress",
-                "--no-tensorboard"])
-    return out
+    return train_run(tmp / "run", tmp / "data", "--max-steps", "6", "--eval-every", "0", "--checkpoint-every", "3")
 
 
 def test_latest_checkpoint_of_a_folder_matches_the_training_summary(run_dir, capsys):
@@ -41,3 +36,10 @@ def test_one_checkpoint_file_and_raw_weights(run_dir):
 def test_empty_folder_is_an_error(tmp_path):
     with pytest.raises(FileNotFoundError):
         evaluate_checkpoint(tmp_path)
+
+
+@pytest.mark.parametrize("argv", [["--batch-size", "0"], ["--device", "gpu0"]])
+def test_bad_flags_exit_2(tmp_path, capsys, argv):
+    with pytest.raises(SystemExit) as exc:
+        main([str(tmp_path), *argv])
+    assert exc.value.code == 2 and f"argument {argv[0]}: " in capsys.readouterr().err

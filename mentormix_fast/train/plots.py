@@ -1,6 +1,6 @@
 """Plots of a training run (matplotlib, PNG), from the CSV logs that ``mentormix_fast.train`` writes.
 
-    python -m mentormix_fast.plots RUN_DIR [--out DIR] [--from-step S]
+    python -m mentormix_fast.train.plots RUN_DIR [--out DIR] [--from-step S]
 
 * ``accuracy.png``: test top-1 of the EMA weights (test_log.csv) and the training loss
   (train_log.csv) against the step;
@@ -17,7 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .runlog import read_csv
+from . import argtypes
+from .logs import read_csv
 
 
 def _pyplot():
@@ -80,10 +81,12 @@ def plot_weight_histogram(run_dir, out_path, from_step: int | None = None) -> Pa
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="mentormix-plots", description=__doc__.split("\n\n")[0])
-    p.add_argument("run_dir")
+    p = argparse.ArgumentParser(prog="mentormix-plots", description=__doc__.split("\n\n")[0],
+                                formatter_class=argtypes.HelpFormatter)
+    p.add_argument("run_dir", help="a training run's --out-dir (its train_log.csv, test_log.csv, weights.csv)")
     p.add_argument("--out", default=None, help="folder for the PNGs (default: the run folder)")
-    p.add_argument("--from-step", type=int, default=None)
+    p.add_argument("--from-step", type=argtypes.nonnegative_int, default=None,
+                   help="histogram of the logged steps >= this one (default: the second half of the run)")
     return p
 
 

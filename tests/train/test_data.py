@@ -3,20 +3,21 @@
 import pytest
 import torch
 
-from mentormix_fast.augment import cifar_train_augment, hsv_to_rgb, random_crop_flip, rgb_to_hsv, to_signed_unit
-from mentormix_fast.datasets import Split, load_cifar, load_dataset, write_cifar_folder
-from mentormix_fast.presets import PRESETS, REPORTED_TOP1
-from mentormix_fast.train import BatchStream, learning_rate, parse_args
-
-
-def fake_cifar(n, num_classes, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    images = torch.randint(0, 256, (n, 3, 32, 32), generator=g, dtype=torch.uint8)
-    return Split(images, torch.randint(0, num_classes, (n,), generator=g))
+from mentormix_fast.train.augment import (
+    cifar_train_augment,
+    hsv_to_rgb,
+    random_crop_flip,
+    rgb_to_hsv,
+    to_signed_unit,
+)
+from mentormix_fast.train.cli import parse_args
+from mentormix_fast.train.data import load_cifar, load_dataset, write_cifar_folder
+from mentormix_fast.train.presets import PRESETS, RELEASE_SETTINGS, REPORTED_TOP1, release_setting
+from mentormix_fast.train.trainer import BatchStream, learning_rate
 
 
 @pytest.mark.parametrize("name, k", [("cifar10", 10), ("cifar100", 100)])
-def test_cifar_folder_round_trip(tmp_path, name, k):
+def test_cifar_folder_round_trip(tmp_path, fake_cifar, name, k):
     train, test = fake_cifar(50, k), fake_cifar(12, k, seed=1)
     write_cifar_folder(tmp_path, name, train, test)
     got_train, got_test, num_classes = load_cifar(name, tmp_path)
@@ -36,7 +37,7 @@ def test_digits_are_the_offline_default():
     assert train.images.min() >= -1 and train.images.max() <= 1
 
 
-def test_augmentation_range_shape_and_seed():
+def test_augmentation_range_shape_and_seed(fake_cifar):
     x = fake_cifar(16, 10).images
     a = cifar_train_augment(x, torch.Generator().manual_seed(4))
     b = cifar_train_augment(x, torch.Generator().manual_seed(4))
@@ -96,3 +97,12 @@ def test_release_defaults_and_presets():
     assert args.model == "wide-resnet32" and args.num_epochs_per_decay == 30
     args = parse_args(["--preset", "cifar10-0.2", "--percentile", "0.5"])  # explicit flags win
     assert (args.percentile, args.mixup_alpha, args.second_reweight) == (0.5, 2.0, False)
+
+
+def test_presets_come_from_the_one_settings_table():
+    for dataset, table in RELEASE_SETTINGS.items():
+        for rate, (alpha, p, second) in table.items():
+            preset = PRESETS[f"{dataset}-{rate:g}"]
+            assert (preset["mixup_alpha"], preset["percentile"], preset["second_reweight"]) == (alpha, p, second)
+    assert release_setting(0.55) == RELEASE_SETTINGS["cifar10"][0.6]
+    assert release_setting(0.8, "cifar100") == (8.0, 0.1, True)

@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from mentormix_fast.models import (
-    PRESETS,
+from mentormix_fast.train.models import (
+    ARCHITECTURES,
     PreActResNet,
     SameConv2d,
     _same_pad,
@@ -60,7 +60,7 @@ def test_same_padding_matches_tensorflow():
     torch.testing.assert_close(conv(x), ref)
 
 
-@pytest.mark.parametrize("name", sorted(set(PRESETS) - {"wide-resnet32"}))  # the wide one: construct only
+@pytest.mark.parametrize("name", sorted(set(ARCHITECTURES) - {"wide-resnet32"}))  # the wide one: construct only
 def test_forward_shapes(name):
     model = build_model(name, 7, in_channels=1)
     assert model(torch.randn(3, 1, 8, 8)).shape == (3, 7)

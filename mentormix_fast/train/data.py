@@ -1,11 +1,11 @@
-"""Datasets for the training program, held whole in memory as tensors.
+"""The training program's datasets, held whole in memory as tensors.
 
 * ``digits`` (the offline default): scikit-learn's handwritten digits (1,797 8x8 images, 10 classes),
   which ships inside the scikit-learn package and needs no download. Images float32 in [-1, 1].
 * ``cifar10`` / ``cifar100``: read from the standard "python version" folders under ``data_dir``
   (``cifar-10-batches-py/`` with ``data_batch_1..5`` and ``test_batch``; ``cifar-100-python/`` with
   ``train`` and ``test``). Images uint8 [N, 3, 32, 32]; scaling and augmentation happen per batch on
-  the training device (:mod:`mentormix_fast.augment`). With ``download=True`` torchvision fetches the
+  the training device (:mod:`mentormix_fast.train.augment`). With ``download=True`` torchvision fetches the
   archives first; otherwise nothing touches the network.
 """
 

@@ -85,19 +85,21 @@ def load_or_make_noisy_labels(data_dir, dataset: str, clean, rate: float, num_cl
 
 
 def main(argv=None) -> int:
-    """``python -m mentormix_fast.noise --dataset cifar10 --rate 0.4 --data-dir DIR``: write (or read)
+    """``python -m mentormix_fast.train.noise --dataset cifar10 --rate 0.4 --data-dir DIR``: write (or read)
     the noisy labels of one setting and print the report as JSON."""
     import argparse
     import json
 
-    from .datasets import DATASETS, load_dataset
+    from . import argtypes
+    from .data import DATASETS, load_dataset
 
-    p = argparse.ArgumentParser(prog="python -m mentormix_fast.noise", description=main.__doc__.split(":")[0])
-    p.add_argument("--dataset", choices=DATASETS, default="digits")
-    p.add_argument("--data-dir", default="data")
-    p.add_argument("--rate", type=float, required=True)
-    p.add_argument("--kind", choices=NOISE_KINDS, default="symmetric")
-    p.add_argument("--seed", type=int, default=0)
+    p = argparse.ArgumentParser(prog="python -m mentormix_fast.train.noise", description=main.__doc__.split(":")[0],
+                                formatter_class=argtypes.HelpFormatter)
+    p.add_argument("--dataset", choices=DATASETS, default="digits", help="whose training labels to corrupt")
+    p.add_argument("--data-dir", default="data", help="the data folder; the labels go to its noisy_labels/")
+    p.add_argument("--rate", type=argtypes.unit_interval, required=True, help="noise rate r")
+    p.add_argument("--kind", choices=NOISE_KINDS, default="symmetric", help="symmetric or pair-flip noise")
+    p.add_argument("--seed", type=argtypes.nonnegative_int, default=0, help="seed of the noise draws")
     args = p.parse_args(argv)
     train, _, num_classes = load_dataset(args.dataset, args.data_dir)
     _, report = load_or_make_noisy_labels(args.data_dir, args.dataset, train.labels.numpy(), args.rate,

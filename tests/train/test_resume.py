@@ -5,20 +5,17 @@ import json
 
 import pytest
 import torch
-from test_train_data import fake_cifar
 
-from mentormix_fast import checkpoint as ckpt
-from mentormix_fast.datasets import write_cifar_folder
-from mentormix_fast.train import main
+from mentormix_fast.train import checkpoint as ckpt
+from mentormix_fast.train.data import write_cifar_folder
 
-QUICK = ["--model", "resnet8", "--batch-size", "16", "--max-steps", "12", "--log-every", "3", "--eval-every", "6",
-         "--checkpoint-every", "0", "--no-progress", "--no-tensorboard"]
+QUICK = ["--max-steps", "12", "--log-every", "3", "--eval-every", "6", "--checkpoint-every", "0"]
 
 
-def _run(tmp_path, name, *extra):
-    out = tmp_path / name
-    assert main(["--out-dir", str(out), "--data-dir", str(tmp_path / "data"), *QUICK, *extra]) == 0
-    return out
+@pytest.fixture
+def quick_run(tmp_path, train_run):
+    """``quick_run(name, *flags)``: a 12-step tiny run in tmp_path/name on the shared data folder."""
+    return lambda name, *extra: train_run(tmp_path / name, tmp_path / "data", *QUICK, *extra)
 
 
 def _final_state(out):
@@ -30,11 +27,11 @@ def _rows(path):
         return list(csv.DictReader(f))
 
 
-def test_interrupted_and_resumed_run_equals_the_uninterrupted_one(tmp_path):
-    whole = _run(tmp_path, "whole")
-    part = _run(tmp_path, "part", "--stop-at-step", "5", "--checkpoint-every", "4")
+def test_interrupted_and_resumed_run_equals_the_uninterrupted_one(quick_run):
+    whole = quick_run("whole")
+    part = quick_run("part", "--stop-at-step", "5", "--checkpoint-every", "4")
     assert ckpt.latest_checkpoint(part).name == "ckpt-000000005.pt"
-    _run(tmp_path, "part", "--resume")
+    quick_run("part", "--resume")
     a, b = _final_state(whole), _final_state(part)
     assert a["step"] == b["step"] == 12
     for key in ("model", "mentormix"):
@@ -53,8 +50,8 @@ def test_interrupted_and_resumed_run_equals_the_uninterrupted_one(tmp_path):
         assert [[r[c] for c in cols] for r in _rows(whole / log)] == [[r[c] for c in cols] for r in _rows(part / log)]
 
 
-def test_logs_checkpoints_and_summary(tmp_path):
-    out = _run(tmp_path, "run", "--checkpoint-every", "3", "--keep-checkpoints", "2", "--tensorboard")
+def test_logs_checkpoints_and_summary(tmp_path, quick_run):
+    out = quick_run("run", "--checkpoint-every", "3", "--keep-checkpoints", "2", "--tensorboard")
     assert [s for s, _ in ckpt.list_checkpoints(out)] == [9, 12]
     assert not list(out.glob(".*.tmp"))
     state = _final_state(out)
@@ -77,23 +74,23 @@ def test_logs_checkpoints_and_summary(tmp_path):
     assert list((out / "tb").glob("events.out.tfevents.*"))
 
 
-def test_resume_refuses_other_settings(tmp_path):
-    _run(tmp_path, "run", "--stop-at-step", "3")
+def test_resume_refuses_other_settings(quick_run):
+    quick_run("run", "--stop-at-step", "3")
     with pytest.raises(SystemExit, match="percentile"):
-        _run(tmp_path, "run", "--resume", "--percentile", "0.3")
+        quick_run("run", "--resume", "--percentile", "0.3")
 
 
-def test_threshold_weighting_no_reweight_and_bf16(tmp_path):
-    out = _run(tmp_path, "run", "--weighting", "threshold", "--no-second-reweight", "--amp", "bf16", "--channels-last",
-               "--noise-kind", "pairflip", "--max-steps", "4", "--eval-every", "0")
+def test_threshold_weighting_no_reweight_and_bf16(quick_run):
+    out = quick_run("run", "--weighting", "threshold", "--no-second-reweight", "--amp", "bf16", "--channels-last",
+                    "--noise-kind", "pairflip", "--max-steps", "4", "--eval-every", "0")
     state = _final_state(out)
     assert state["optimizer"]["param_groups"][0]["weight_decay"] == 2e-4  # decay on when no second reweight
     assert json.loads((out / "summary.json").read_text())["noise"]["kind"] == "pairflip"
 
 
-def test_cifar_code_path_on_a_fake_folder(tmp_path):
+def test_cifar_code_path_on_a_fake_folder(tmp_path, quick_run, fake_cifar):
     write_cifar_folder(tmp_path / "data", "cifar10", fake_cifar(48, 10), fake_cifar(10, 10, seed=1))
-    out = _run(tmp_path, "cifar", "--dataset", "cifar10", "--max-steps", "3", "--eval-every", "0")
+    out = quick_run("cifar", "--dataset", "cifar10", "--max-steps", "3", "--eval-every", "0")
     summary = json.loads((out / "summary.json").read_text())
     assert summary["dataset"] == "cifar10" and summary["finished"]
     state = _final_state(out)

@@ -20,9 +20,9 @@ row/column at the bottom/right only), so the spatial alignment matches the relea
 N(0, sqrt(2 / (k*k*C_out))); FC weight U(+-sqrt(3 / fan_in)) (TF's unit-scaling init), bias 0; BN
 gamma 1, beta 0, eps 1e-3, momentum 0.1 (TF decay 0.9).
 
-Presets: ``wide-resnet32`` (64, 128, 256, 512), 5 units: ~29.4M parameters for CIFAR-10 (the release's
-student); ``resnet32`` (16, 16, 32, 64), 5 units: ~0.46M; ``resnet8`` (16, 16, 32, 64), 1 unit: ~78k,
-for tests and quick runs.
+Architectures (:data:`ARCHITECTURES`): ``wide-resnet32`` (64, 128, 256, 512), 5 units: ~29.4M
+parameters for CIFAR-10 (the release's student); ``resnet32`` (16, 16, 32, 64), 5 units: ~0.46M;
+``resnet8`` (16, 16, 32, 64), 1 unit: ~78k, for tests and quick runs.
 """
 
 from __future__ import annotations
@@ -37,7 +37,8 @@ LEAK = 0.1
 BN_EPS = 1e-3
 BN_MOMENTUM = 0.1
 
-PRESETS = {
+# name -> (filters (stem, s1, s2, s3), units per stage)
+ARCHITECTURES = {
     "wide-resnet32": ((64, 128, 256, 512), 5),
     "resnet32": ((16, 16, 32, 64), 5),
     "resnet8": ((16, 16, 32, 64), 1),
@@ -139,10 +140,10 @@ class PreActResNet(nn.Module):
 
 
 def build_model(name: str, num_classes: int, in_channels: int = 3) -> PreActResNet:
-    """A preset from :data:`PRESETS` by name."""
-    if name not in PRESETS:
-        raise ValueError(f"model: expected one of {sorted(PRESETS)}, got {name!r}")
-    filters, units = PRESETS[name]
+    """One of :data:`ARCHITECTURES` by name."""
+    if name not in ARCHITECTURES:
+        raise ValueError(f"model: expected one of {sorted(ARCHITECTURES)}, got {name!r}")
+    filters, units = ARCHITECTURES[name]
     return PreActResNet(num_classes, in_channels, filters, units)
 
 

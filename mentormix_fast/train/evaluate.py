@@ -1,6 +1,7 @@
-"""Evaluate a training checkpoint: top-1 on the clean test split with the EMA weights (SPEC §3).
+"""Evaluation: top-1 on the clean test split (BatchNorm in eval mode, no augmentation), and the
+command line that measures it for a training checkpoint with the EMA weights (SPEC §3).
 
-    python -m mentormix_fast.eval RUN_DIR_OR_CHECKPOINT [--data-dir DIR] [--raw] [--output FILE]
+    python -m mentormix_fast.train.evaluate RUN_DIR_OR_CHECKPOINT [--data-dir DIR] [--raw] [--output FILE]
 
 A folder means its latest ``ckpt-*.pt``. The model, dataset and data folder come from the
 checkpoint's training arguments (``--data-dir`` overrides the folder). Writes JSON (default:
@@ -15,11 +16,30 @@ import sys
 from pathlib import Path
 
 import torch
+from torch import nn
 
+from . import argtypes
 from . import checkpoint as ckpt
-from .datasets import load_dataset
-from .evaluation import top1_accuracy
+from .augment import to_signed_unit
+from .data import Split, load_dataset
 from .models import build_model
+
+
+@torch.no_grad()
+def top1_accuracy(model: nn.Module, split: Split, device, batch_size: int = 500, amp_dtype=None) -> float:
+    """Fraction of ``split`` whose argmax logit equals the clean label; images are mapped to [-1, 1]
+    (uint8) or used as they are (float)."""
+    was_training = model.training
+    model.eval()
+    correct = 0
+    device = torch.device(device)
+    for start in range(0, len(split.labels), batch_size):
+        x = to_signed_unit(split.images[start:start + batch_size].to(device))
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            logits = model(x)
+        correct += int((logits.argmax(1).cpu() == split.labels[start:start + batch_size]).sum())
+    model.train(was_training)
+    return correct / max(len(split.labels), 1)
 
 
 def resolve_checkpoint(path) -> Path:
@@ -55,12 +75,13 @@ def evaluate_checkpoint(path, data_dir=None, use_ema: bool = True, device: str =
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="mentormix-eval", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="mentormix-eval", description=__doc__.split("\n\n")[0],
+                                formatter_class=argtypes.HelpFormatter)
     p.add_argument("path", help="a checkpoint file, or a run folder (its latest checkpoint)")
     p.add_argument("--data-dir", default=None, help="override the data folder stored in the checkpoint")
     p.add_argument("--raw", action="store_true", help="evaluate the raw weights instead of the EMA")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--batch-size", type=int, default=500)
+    p.add_argument("--device", type=argtypes.device, default="auto", help="where to run the model")
+    p.add_argument("--batch-size", type=argtypes.positive_int, default=500, help="images per forward pass")
     p.add_argument("--output", default=None, help="JSON file to write (default: eval-<step>.json beside it)")
     return p
 

@@ -1,10 +1,6 @@
-"""Train a student with MentorMix on noisy labels: the release's CIFAR program (SPEC §3).
+"""The training loop of the release's CIFAR program (SPEC §3): a student trained with MentorMix on noisy labels.
 
-    python -m mentormix_fast.train --out-dir runs/digits --max-steps 2000          # offline, any CPU
-    python -m mentormix_fast.train --preset cifar10-0.4 --data-dir ~/data --out-dir runs/c10-04
-    torchrun --nproc_per_node 8 -m mentormix_fast.train --preset cifar100-0.8 ... [--global-percentile]
-    python -m mentormix_fast.train --out-dir runs/c10-04 --resume                   # continue exactly
-
+:class:`Trainer` holds one rank's run (its flags come from :mod:`mentormix_fast.train.cli`).
 One step t (0-based) of ``--max-steps`` T:
     idx  = the next B indices of a seeded per-epoch permutation (rank r of W takes the r-th B of each
            global batch of B*W)
@@ -26,7 +22,6 @@ import argparse
 import hashlib
 import json
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -35,20 +30,18 @@ import numpy as np
 import torch
 from torch import nn
 
+from mentormix_fast import MentorMix, frozen_batchnorm_stats
+from mentormix_fast.distributed import all_gather_cat
+
 from . import checkpoint as ckpt
-from . import distributed as dist_utils
+from . import world
 from .augment import cifar_train_augment, to_signed_unit
-from .backends import get_backend
-from .batchnorm import frozen_batchnorm_stats
-from .datasets import DATASETS, load_dataset
+from .data import load_dataset
 from .ema import WeightEMA
-from .evaluation import top1_accuracy
-from .models import PRESETS as MODEL_PRESETS
+from .evaluate import top1_accuracy
+from .logs import CsvLog, TensorBoardLog
 from .models import build_model, count_parameters, decay_parameters
-from .module import MentorMix
-from .noise import NOISE_KINDS, load_or_make_noisy_labels
-from .presets import PRESETS
-from .runlog import CsvLog, TensorBoardLog
+from .noise import load_or_make_noisy_labels
 
 # Flags that must not change when a run is resumed.
 RESUME_KEYS = ("dataset", "noise_rate", "noise_kind", "noise_seed", "model", "batch_size", "max_steps", "seed",
@@ -56,75 +49,6 @@ RESUME_KEYS = ("dataset", "noise_rate", "noise_kind", "noise_seed", "model", "ba
                "lr", "lr_decay_factor", "num_epochs_per_decay", "momentum", "weight_decay", "ema_decay")
 TRAIN_FIELDS = ["step", "lr", "loss", "loss_ma", "loss_ma_mixed", "weight_mean", "weight_clean", "weight_noisy",
                 "seconds"]
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="mentormix-train", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--preset", choices=sorted(PRESETS), default=None,
-                   help="one of the release's eight (dataset, noise) settings; explicit flags still win")
-    g = p.add_argument_group("data and noise")
-    g.add_argument("--dataset", choices=DATASETS, default="digits")
-    g.add_argument("--data-dir", default="data", help="CIFAR folders live here; noisy labels go to noisy_labels/")
-    g.add_argument("--download", action="store_true", help="let torchvision download CIFAR into --data-dir")
-    g.add_argument("--noise-rate", type=float, default=0.4)
-    g.add_argument("--noise-kind", choices=NOISE_KINDS, default="symmetric")
-    g.add_argument("--noise-seed", type=int, default=0)
-    g = p.add_argument_group("student and optimisation")
-    g.add_argument("--model", choices=["auto", *MODEL_PRESETS], default="auto",
-                   help="auto: wide-resnet32 for CIFAR, resnet32 for digits")
-    g.add_argument("--batch-size", type=int, default=128, help="per rank")
-    g.add_argument("--max-steps", type=int, default=200_000)
-    g.add_argument("--lr", type=float, default=0.1)
-    g.add_argument("--lr-decay-factor", type=float, default=0.9)
-    g.add_argument("--num-epochs-per-decay", type=float, default=30.0)
-    g.add_argument("--momentum", type=float, default=0.9)
-    g.add_argument("--weight-decay", type=float, default=2e-4, help="on conv/FC kernels")
-    g.add_argument("--decay-with-second-reweight", action="store_true",
-                   help="keep weight decay when --second-reweight (the release has none then)")
-    g.add_argument("--ema-decay", type=float, default=0.9999)
-    g.add_argument("--amp", choices=["none", "bf16"], default="none", help="autocast both passes")
-    g.add_argument("--channels-last", action="store_true", help="NHWC memory format (faster convs on GPU)")
-    g = p.add_argument_group("MentorMix")
-    g.add_argument("--mixup-alpha", type=float, default=8.0)
-    g.add_argument("--percentile", type=float, default=0.7)
-    g.add_argument("--second-reweight", action=argparse.BooleanOptionalAction, default=True)
-    g.add_argument("--burn-in-epoch", type=int, default=10)
-    g.add_argument("--weighting", choices=["mentornet_pd", "threshold"], default="mentornet_pd")
-    g.add_argument("--loss-ma-decay", type=float, default=0.5)
-    g.add_argument("--backend", default="auto")
-    g.add_argument("--global-percentile", action="store_true",
-                   help="under torchrun: percentile over the all-gathered global batch (reference backend)")
-    g = p.add_argument_group("run")
-    g.add_argument("--out-dir", default="runs/mentormix")
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--device", default="auto")
-    g.add_argument("--resume", nargs="?", const="latest", default=None,
-                   help="continue from the latest checkpoint in --out-dir (or from the given file)")
-    g.add_argument("--checkpoint-every", type=int, default=5000)
-    g.add_argument("--keep-checkpoints", type=int, default=3, help="0 keeps all")
-    g.add_argument("--log-every", type=int, default=100)
-    g.add_argument("--eval-every", type=int, default=5000, help="0: only at the end")
-    g.add_argument("--eval-batch-size", type=int, default=500)
-    g.add_argument("--stop-at-step", type=int, default=None,
-                   help="checkpoint and exit once this many steps are done (simulates an interruption)")
-    g.add_argument("--tensorboard", action=argparse.BooleanOptionalAction, default=True)
-    g.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="tqdm bar")
-    return p
-
-
-def parse_args(argv=None) -> argparse.Namespace:
-    """Parse twice: once to find ``--preset``, then with the preset's values as defaults."""
-    parser = build_parser()
-    first, _ = parser.parse_known_args(argv)
-    if first.preset:
-        parser.set_defaults(**PRESETS[first.preset])
-    args = parser.parse_args(argv)
-    if args.model == "auto":
-        args.model = "resnet32" if args.dataset == "digits" else "wide-resnet32"
-    if args.global_percentile and args.backend == "auto":
-        args.backend = "reference"
-    return args
 
 
 # ------------------------------------------------------------------------------------------------
@@ -167,10 +91,32 @@ class BatchStream:
         return out
 
 
-def learning_rate(args, step: int, num_train: int, world: int) -> float:
+def learning_rate(args, step: int, num_train: int, world_size: int) -> float:
     """``lr0 * factor ** floor(t / decay_steps)``, ``decay_steps = epochs_per_decay * N / (B * W)``."""
-    decay_steps = args.num_epochs_per_decay * num_train / (args.batch_size * world)
+    decay_steps = args.num_epochs_per_decay * num_train / (args.batch_size * world_size)
     return args.lr * args.lr_decay_factor ** math.floor(step / decay_steps)
+
+
+def backend_name(name: str, device: torch.device) -> str:
+    """The MentorMix backend that ``name`` (e.g. ``"auto"``) resolves to on ``device``, for the logs."""
+    from mentormix_fast.backends import get_backend
+
+    return get_backend(name, device).name
+
+
+# Below this many parameters a CPU run uses one intra-op thread: on a shared machine, a small network's
+# ops are too short to gain from a second thread and lose much when another job holds a core.
+SMALL_MODEL_PARAMETERS = 5_000_000
+
+
+def choose_threads(requested: int, device: torch.device, num_parameters: int) -> int | None:
+    """torch's intra-op thread count for a run: ``requested`` when > 0; for 0 (automatic) one thread for a
+    small model on the CPU, else None (torch's default)."""
+    if requested > 0:
+        return requested
+    if device.type == "cpu" and num_parameters < SMALL_MODEL_PARAMETERS:
+        return 1
+    return None
 
 
 def params_digest(model: nn.Module) -> str:
@@ -190,7 +136,7 @@ class Trainer:
     """Everything one rank holds: data on the device, model (DDP-wrapped when distributed), optimizer,
     MentorMix loss, EMA, logs. ``run()`` trains to ``--max-steps`` (or ``--stop-at-step``)."""
 
-    def __init__(self, args: argparse.Namespace, info: dist_utils.DistInfo):
+    def __init__(self, args: argparse.Namespace, info: world.DistInfo):
         self.args, self.info = args, info
         self.device = info.device
         self.out = Path(args.out_dir)
@@ -199,7 +145,7 @@ class Trainer:
         # Rank 0 downloads (when asked) before the others read the folder.
         if info.is_main:
             train, self.test, self.num_classes = load_dataset(args.dataset, args.data_dir, args.download)
-        dist_utils.barrier()
+        world.barrier()
         if not info.is_main:
             train, self.test, self.num_classes = load_dataset(args.dataset, args.data_dir, False)
         args.download = False  # stored in checkpoints: a resume must not need the network
@@ -208,7 +154,7 @@ class Trainer:
             noisy, self.noise = load_or_make_noisy_labels(args.data_dir, args.dataset, train.labels.numpy(),
                                                           args.noise_rate, self.num_classes, args.noise_seed,
                                                           args.noise_kind)
-        dist_utils.barrier()
+        world.barrier()
         if not info.is_main:
             noisy, self.noise = load_or_make_noisy_labels(args.data_dir, args.dataset, train.labels.numpy(),
                                                           args.noise_rate, self.num_classes, args.noise_seed,
@@ -222,6 +168,9 @@ class Trainer:
 
         torch.manual_seed(args.seed)
         self.model = build_model(args.model, self.num_classes, train.images.shape[1]).to(self.device)
+        threads = choose_threads(args.threads, self.device, count_parameters(self.model))
+        if threads is not None:
+            torch.set_num_threads(threads)
         self.memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
         self.model.to(memory_format=self.memory_format)
         self.net = self.model
@@ -240,7 +189,7 @@ class Trainer:
             total_steps=args.max_steps, percentile=args.percentile, mixup_alpha=args.mixup_alpha,
             second_reweight=args.second_reweight, burn_in_epoch=args.burn_in_epoch, weighting=args.weighting,
             loss_ma_decay=args.loss_ma_decay, backend=args.backend, generator=self.mm_gen,
-            percentile_gather=dist_utils.all_gather_cat if args.global_percentile else None).to(self.device)
+            percentile_gather=all_gather_cat if args.global_percentile else None).to(self.device)
         self.amp_dtype = torch.bfloat16 if args.amp == "bf16" else None
         self.step = 0
         self.resumed_from = None
@@ -275,8 +224,8 @@ class Trainer:
         self.log(f"resumed from {path} at step {self.step}")
 
     def save(self) -> None:
-        mm_states = dist_utils.all_gather_objects({k: v.cpu() for k, v in self.mentormix.state_dict().items()})
-        rng_states = dist_utils.all_gather_objects(ckpt.rng_state())
+        mm_states = world.all_gather_objects({k: v.cpu() for k, v in self.mentormix.state_dict().items()})
+        rng_states = world.all_gather_objects(ckpt.rng_state())
         if self.info.is_main:
             state = {"step": self.step, "args": vars(self.args), "model": self.model.state_dict(),
                      "ema": self.ema.state_dict(), "optimizer": self.optimizer.state_dict(),
@@ -284,7 +233,7 @@ class Trainer:
                      "noise": self.noise, "world_size": self.info.world_size}
             ckpt.save_atomic(state, ckpt.checkpoint_path(self.out, self.step))
             ckpt.prune(self.out, self.args.keep_checkpoints)
-        dist_utils.barrier()
+        world.barrier()
 
     # -- one step --------------------------------------------------------------------------------
 
@@ -333,10 +282,10 @@ class Trainer:
         args, main = self.args, self.info.is_main
         stop = args.max_steps if args.stop_at_step is None else min(args.stop_at_step, args.max_steps)
         resume_step = self.step if self.resumed_from else None
-        backend = get_backend(args.backend, self.device).name
+        backend = backend_name(args.backend, self.device)
         self.log(f"{args.dataset} noise {args.noise_kind} {args.noise_rate} (actual {self.noise['actual_rate']:.4f}), "
                  f"{args.model} ({count_parameters(self.model):,} parameters), backend {backend}, "
-                 f"world {self.info.world_size}, device {self.device}")
+                 f"world {self.info.world_size}, device {self.device}, {torch.get_num_threads()} CPU threads")
         train_log = test_log = weights_log = None
         tb = TensorBoardLog(self.out / "tb", main and args.tensorboard, purge_step=resume_step)
         if main:
@@ -388,38 +337,18 @@ class Trainer:
             if log is not None:
                 log.close()
         tb.close()
-        digests = dist_utils.all_gather_objects({"model": params_digest(self.model),
-                                                 "ema": params_digest(self.ema.averaged_model(self.model))})
+        digests = world.all_gather_objects({"model": params_digest(self.model),
+                                            "ema": params_digest(self.ema.averaged_model(self.model))})
         summary = {"step": self.step, "finished": self.step >= args.max_steps, "top1_ema": top1,
                    "dataset": args.dataset, "noise": self.noise, "model": args.model,
                    "parameters": count_parameters(self.model), "backend": backend,
-                   "world_size": self.info.world_size, "rank_digests": digests,
+                   "world_size": self.info.world_size, "threads": torch.get_num_threads(), "rank_digests": digests,
                    "ranks_agree": all(d == digests[0] for d in digests),
-                   "rank_loss_ma": dist_utils.all_gather_objects([float(self.mentormix.loss_ma),
-                                                                  float(self.mentormix.loss_ma_mixed)]),
+                   "rank_loss_ma": world.all_gather_objects([float(self.mentormix.loss_ma),
+                                                             float(self.mentormix.loss_ma_mixed)]),
                    "resumed_from": self.resumed_from,
                    "wall_s": round(time.time() - started, 3)}
         if main:
             (self.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         return summary
 
-
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    info = dist_utils.setup(args.device)
-    try:
-        Trainer(args, info).run()
-    finally:
-        dist_utils.teardown()
-    if info.enabled:
-        # A torchrun worker can still abort in C++ static destructors at interpreter exit ("terminate
-        # called without an active exception", seen ~1 in 10 runs with gloo on CPU, after a clean
-        # destroy_process_group). Everything is written and flushed by now, so leave without them.
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(0)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
