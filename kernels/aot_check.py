@@ -140,7 +140,7 @@ def variants(full: bool = False):
     for kernel, _grid, args, kwargs in log:
         kwargs = dict(kwargs)
         warps = kwargs.pop("num_warps", 4)
-        bound = dict(zip(kernel.arg_names, args)) | kwargs
+        bound = dict(zip(kernel.arg_names, args, strict=False)) | kwargs  # the rest are keywords
         sig, constexprs = {}, {}
         for param in kernel.params:
             typ, value = _arg_type(param, bound[param.name])

@@ -7,9 +7,9 @@ Public API: :class:`MentorMix` (the loss module), :class:`MentorMixPlan`, :class
 """
 
 from .autograd import MentorMixLossFunction
-from .dispatch import backends
 from .batchnorm import frozen_batchnorm_stats
 from .config import MentorMixConfig
+from .dispatch import backends
 from .mentornet import MentorNet, mentornet_pd
 from .module import MentorMix, MentorMixPlan
 

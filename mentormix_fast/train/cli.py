@@ -126,10 +126,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "its moving average")
     g.add_argument("--loss-ma-decay", type=argtypes.unit_interval, default=0.5,
                    help="d of the moving average ma = d * ma + (1 - d) * percentile")
-    g.add_argument("--backend", default="auto",
-                   help="MentorMix backend: auto, reference, cpu, cuda or triton (mentormix_fast.backends())")
+    g.add_argument("--backend", default="auto", choices=["auto", "cuda", "triton", "cpu", "reference"],
+                   help="MentorMix backend (mentormix_fast.backends() says which this machine has)")
     g.add_argument("--global-percentile", action="store_true",
-                   help="under torchrun: percentile over the all-gathered global batch (reference backend)")
+                   help="under torchrun: the loss percentiles over the all-gathered global batch (B losses per "
+                        "rank, one collective), on any backend")
 
     g = p.add_argument_group("run")
     g.add_argument("--out-dir", default="runs/mentormix", help="checkpoints, logs and summary.json go here")
@@ -181,8 +182,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     _check_local_gpu(parser, args.device)
     if args.model == "auto":
         args.model = "resnet32" if args.dataset == "digits" else "wide-resnet32"
-    if args.global_percentile and args.backend == "auto":
-        args.backend = "reference"
     return args
 
 

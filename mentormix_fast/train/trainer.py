@@ -99,9 +99,9 @@ def learning_rate(args, step: int, num_train: int, world_size: int) -> float:
 
 def backend_name(name: str, device: torch.device) -> str:
     """The MentorMix backend that ``name`` (e.g. ``"auto"``) resolves to on ``device``, for the logs."""
-    from mentormix_fast.backends import get_backend
+    from mentormix_fast.dispatch import choose
 
-    return get_backend(name, device).name
+    return choose(name, device).name
 
 
 # Below this many parameters a CPU run uses one intra-op thread: on a shared machine, a small network's
