@@ -33,7 +33,7 @@ mkdir -p "$out"
 export PYTHONUNBUFFERED=1
 export TRITON_CACHE_DIR=${TRITON_CACHE_DIR:-/tmp/mentormix-triton-cache}
 py=${PYTHON:-python3}
-[ -x .venv/bin/python ] && [ "$dry" = 1 ] && py=.venv/bin/python
+[ -z "${PYTHON:-}" ] && [ "$dry" = 1 ] && [ -x .venv/bin/python ] && py=.venv/bin/python
 # setup.py maps kernels/ to mentormix_fast.kernels; an in-place run needs the link.
 [ -e mentormix_fast/kernels ] || ln -s ../kernels mentormix_fast/kernels
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
@@ -49,7 +49,7 @@ stage() {
     shift 3
     local start=$SECONDS
     echo "== $name (limit ${limit} s)"
-    timeout --kill-after=5 "$limit" "$@" >"$out/$name.log" 2>&1
+    timeout --kill-after=5 "$limit" bash -c "$*" >"$out/$name.log" 2>&1
     local rc=$?
     echo "$name rc=$rc $((SECONDS - start)) s" | tee -a "$out/stages.txt"
     tail -n 12 "$out/$name.log"
@@ -65,11 +65,11 @@ else None)"
 }
 
 build() {
-    if compgen -G ".device-build/*.so" >/dev/null; then
-        echo "prebuilt extensions: $(ls .device-build)"
-        cp .device-build/*.so mentormix_fast/
-    elif [ "$dry" = 1 ]; then
+    if [ "$dry" = 1 ]; then
         echo "dry run: no CUDA build (the C++ CPU extension of the install is used)"
+    elif compgen -G ".device-build/*.so" >/dev/null; then
+        echo "prebuilt extensions: $(ls .device-build)"
+        cp .device-build/*.so .device-build/_build_info.json mentormix_fast/
     else
         MENTORMIX_BUILD_CUDA=1 TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=16 $py setup.py build_ext --inplace 2>&1 | tail -n 20
     fi
@@ -127,6 +127,8 @@ memcheck() {
         tests/ops/test_mixed_loss.py -k "cuda and (range or nan_row)"
 }
 
+export dry out py
+export -f env_facts build tests bench train memcheck
 stage env 15 30 env_facts
 stage build 100 60 build
 stage tests 170 300 tests

@@ -17,9 +17,13 @@ if [ ! -x "$venv/bin/python" ]; then
     "$venv/bin/python" -m pip install -q "torch==2.11.0" "triton==3.6.0" numpy setuptools
 fi
 export CUDA_HOME=${CUDA_HOME:-/usr/local/cuda} TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} MENTORMIX_BUILD_CUDA=1
+info=mentormix_fast/_build_info.json
+[ -e "$info" ] && cp "$info" "$info.local"
 "$venv/bin/python" setup.py build_ext --inplace --build-temp build/device-temp
 mkdir -p .device-build
 mv mentormix_fast/_C.cpython-312-*.so mentormix_fast/_C_cuda.cpython-312-*.so .device-build/
+mv "$info" .device-build/_build_info.json
+[ -e "$info.local" ] && mv "$info.local" "$info"
 ls -l .device-build
 [ -e mentormix_fast/kernels ] || ln -s ../kernels mentormix_fast/kernels
 env -u TRITON_INTERPRET PYTHONPATH=$PWD "$venv/bin/python" -m mentormix_fast.kernels.aot_check --jobs "$(nproc)"
