@@ -145,7 +145,7 @@ def fold_mentornet(net: MentorNet | None, device=None) -> torch.Tensor:
 
 
 def mentornet_pd() -> MentorNet:
-    """The package's MentorNet-PD (trained by ``python -m mentormix_fast.train_mentornet``), frozen."""
+    """The package's MentorNet-PD (trained by ``python -m mentormix_fast.train.fit_mentornet``), frozen."""
     text = resources.files("mentormix_fast").joinpath("data", PD_WEIGHTS_FILE).read_text()
     net = MentorNet.from_json_dict(json.loads(text)["parameters"])
     net.requires_grad_(False)

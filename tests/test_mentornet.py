@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from mentormix_fast import MentorNet, mentornet_pd
-from mentormix_fast import train_mentornet as tm
+from mentormix_fast.train import fit_mentornet as tm
 
 
 def numpy_mentornet(params, loss, loss_diff, epoch):

@@ -1,6 +1,6 @@
 """Fit MentorNet-PD to the predefined curriculum (SPEC §2) and write the package's weights.
 
-    python -m mentormix_fast.train_mentornet [--out PATH] [--seed 0] [--steps 12000]
+    python -m mentormix_fast.train.fit_mentornet [--out PATH] [--seed 0] [--steps 12000]
 
 Target ``v*(l, d, e)`` with ``d = l - ma``: 1 for ``e <= 18``; ``1[d <= 0]`` for ``19 <= e < 90``;
 ``clip(1 - d, 0, 1)`` for ``e >= 90``. The network is the release's (``mentornet.MentorNet``,
@@ -148,7 +148,7 @@ def train(seed: int = DEFAULTS["seed"], steps: int = DEFAULTS["steps"], log_ever
 
 
 def main(argv=None) -> None:
-    default_out = Path(__file__).with_name("data") / PD_WEIGHTS_FILE
+    default_out = Path(__file__).resolve().parent.parent / "data" / PD_WEIGHTS_FILE
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, default=default_out)
     ap.add_argument("--seed", type=int, default=DEFAULTS["seed"])
@@ -161,7 +161,7 @@ def main(argv=None) -> None:
     fit_s = time.time() - t0
     table = evaluate(net)
     payload = {
-        "about": "MentorNet-PD fitted to the predefined curriculum (SPEC §2) by mentormix_fast.train_mentornet",
+        "about": "MentorNet-PD fitted to the predefined curriculum (SPEC §2) by mentormix_fast.train.fit_mentornet",
         "recipe": recipe,
         "grid": {"loss": "0, 0.1, ..., 9.9, 10, 11, ..., 29", "loss_diff": "-5, -4.9, ..., 4.9", "epoch": "0..99"},
         "error_per_region": table,
