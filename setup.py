@@ -41,24 +41,18 @@ def _log(message):
     print(f"mentormix-fast build: {message}", file=sys.stderr, flush=True)
 
 
-def _cpu_isa():
+def _cpu_isa(torch):
+    """The instruction set of the CPU kernels: MENTORMIX_CPU_ISA, else the best one ATen detects on
+    this machine (``torch.backends.cpu.get_cpu_capability()``)."""
     forced = os.environ.get("MENTORMIX_CPU_ISA")
     if forced:
         if forced not in _ISA_FLAGS:
             raise SystemExit(f"MENTORMIX_CPU_ISA must be one of {sorted(_ISA_FLAGS)}, got {forced!r}")
         return forced
-    if platform.machine().lower() not in ("x86_64", "amd64") or not sys.platform.startswith("linux"):
+    if platform.machine().lower() not in ("x86_64", "amd64"):
         return "default"
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = set(next((line for line in f if line.startswith("flags")), "").split())
-    except OSError:
-        return "default"
-    if {"avx512f", "avx512bw", "avx512vl", "avx512dq", "avx2", "fma", "f16c"} <= flags:
-        return "avx512"
-    if {"avx2", "fma", "f16c"} <= flags:
-        return "avx2"
-    return "default"
+    capability = torch.backends.cpu.get_cpu_capability().lower()
+    return next((isa for isa in ("avx512", "avx2") if capability.startswith(isa)), "default")
 
 
 def _cuda_decision(torch, cuda_home):
@@ -90,7 +84,7 @@ def extensions():
         _log(f"torch not importable ({exc}): no compiled extension")
         return [], {}
 
-    isa = _cpu_isa()
+    isa = _cpu_isa(torch)
     openmp = [] if sys.platform == "darwin" else ["-fopenmp"]
     # -ffp-contract=off: no silent FMA contraction, so the fp32 mix matches the reference bit for bit.
     # -g0: no debug info (build time ~25 s, a 0.3 MB library). The warnings silenced are GCC 12's

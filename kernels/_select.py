@@ -112,6 +112,19 @@ def radix_histograms(wrap, values: torch.Tensor, rank: int) -> torch.Tensor:
 
 
 @triton.jit
+def select_percentile(own_ptr, n, pool_ptr, n_pool, hist_ptr, rank, BLOCK: tl.constexpr):
+    """The value of ascending rank ``rank``: of the pool from its full histograms (``hist_ptr``
+    given), else of ``pool`` [n_pool] (given), else of the batch's own values [n]; one program."""
+    if hist_ptr is not None:
+        q = radix_selected(hist_ptr, rank)
+    elif pool_ptr is not None:
+        q = radix_select(pool_ptr, n_pool, rank, BLOCK)
+    else:
+        q = radix_select(own_ptr, n, rank, BLOCK)
+    return q
+
+
+@triton.jit
 def moving_average(ma, q, decay):
     """``d ma + (1 - d) q``, or ``ma`` when ``q`` is not finite (SPEC §1.3, §4.1)."""
     return tl.where(tl.abs(q) < float("inf"), decay * ma + (1.0 - decay) * q, ma)

@@ -33,7 +33,7 @@ from mentormix_fast.reference import percentile_rank
 from ._checks import check_logits, check_mentornet, check_pool, check_step, check_tensor
 from ._library import device_of, host_or_device_step, library_op, wrap_triton
 from ._rows import ce_all_rows, launch_ce_rows, partner_labels, row_tiling
-from ._select import LARGE_BLOCK, moving_average, radix_histograms, radix_select, radix_selected
+from ._select import LARGE_BLOCK, moving_average, radix_histograms, radix_selected, select_percentile
 from ._weights import row_weights, step_and_epoch
 from .plan import FUSE_CE_MAX, SMALL_B_MAX, reduce_block
 
@@ -73,13 +73,7 @@ def _mixed_loss_one_program(z_ptr, stride_z, target_ptr, partner_ptr, lam_ptr, K
         ce_all_rows(z_ptr, stride_z, target_ptr, partner_ptr, lam_ptr, m_ptr, lse_ptr, B, K, ROWS, BLOCK_K)
     ma_new = 0.0
     if REWEIGHT:
-        if hist_ptr is not None:
-            q = radix_selected(hist_ptr, rank)
-        elif pool_ptr is not None:
-            q = radix_select(pool_ptr, n_pool, rank, BLOCK)
-        else:
-            q = radix_select(m_ptr, B, rank, BLOCK)
-        ma_new = moving_average(ma, q, decay)
+        ma_new = moving_average(ma, select_percentile(m_ptr, B, pool_ptr, n_pool, hist_ptr, rank, BLOCK), decay)
     total = _weighted_sum(m_ptr, 0, B, given_w_ptr, ma_new, mn_ptr, epoch, burn_in_epoch, w_ptr, REWEIGHT, BLOCK)
     tl.store(loss_ptr, total / B)
     tl.debug_barrier()  # every load of the old state happened before these stores

@@ -29,7 +29,7 @@ from ._checks import check_logits, check_mentornet, check_pool, check_step, chec
 from ._draws import GAMMA_ROUNDS, MAX_DRAW_BATCH, beta_draw, boost, uniform_draw
 from ._library import device_of, host_or_device_step, interpreting, library_op, wrap_triton
 from ._rows import ce_all_rows, launch_ce_rows, row_tiling
-from ._select import LARGE_BLOCK, moving_average, radix_histograms, radix_select, radix_selected
+from ._select import LARGE_BLOCK, moving_average, radix_histograms, radix_selected, select_percentile
 from ._weights import row_weights, step_and_epoch
 
 # Batches up to SMALL_B_MAX run the O(B) work in one program; larger ones over programs of
@@ -117,13 +117,7 @@ def _plan_one_program(z_ptr, stride_z, target_ptr, K, loss_ptr, B, pool_ptr, n_p
         counter = tl.load(rng_ptr + 1)
     if z_ptr is not None:
         ce_all_rows(z_ptr, stride_z, target_ptr, None, None, loss_ptr, None, B, K, ROWS, BLOCK_K)
-    if hist_ptr is not None:
-        q = radix_selected(hist_ptr, rank)
-    elif pool_ptr is not None:
-        q = radix_select(pool_ptr, n_pool, rank, BLOCK)
-    else:
-        q = radix_select(loss_ptr, B, rank, BLOCK)
-    ma_new = moving_average(ma, q, decay)
+    ma_new = moving_average(ma, select_percentile(loss_ptr, B, pool_ptr, n_pool, hist_ptr, rank, BLOCK), decay)
     total = _weigh_span(loss_ptr, 0, B, ma_new, mn_ptr, epoch, burn_in_epoch, rng_ptr, beta_ptr, alpha, B, v_ptr,
                         lam_ptr, cdf_ptr, partner_ptr, MIX, BOOST, ROUNDS, BLOCK)
     if MIX:

@@ -134,29 +134,18 @@ def _build_info() -> dict:
         return {}
 
 
-_ISA_FEATURES = {"avx512": ("avx512f", "avx512bw", "avx512vl", "avx512dq", "avx2", "fma", "f16c"),
-                 "avx2": ("avx2", "fma", "f16c")}
+_ISA_ORDER = ("default", "avx2", "avx512")
 
 
-def missing_cpu_features(isa: str, cpu_flags: set[str] | None = None) -> list[str]:
-    """CPU features the C++ kernels were compiled for (``isa``) that this CPU lacks: a build copied
-    from another machine would die of an illegal instruction."""
-    needed = _ISA_FEATURES.get(isa, ())
-    if cpu_flags is None:
-        cpu_flags = _cpu_flags()
-    if cpu_flags is None:  # no /proc/cpuinfo: ATen's own capability
-        capability = torch.backends.cpu.get_cpu_capability().lower()
-        ok = capability.startswith(isa) or (isa == "avx2" and capability.startswith("avx512"))
-        return [] if ok or not needed else [isa]
-    return [flag for flag in needed if flag not in cpu_flags]
-
-
-def _cpu_flags() -> set[str] | None:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return set(next((line for line in f if line.startswith("flags")), "").split())
-    except OSError:
+def missing_cpu_features(isa: str, capability: str | None = None) -> str | None:
+    """What this CPU lacks to run C++ kernels compiled for ``isa`` (a build copied from another
+    machine would die of an illegal instruction), from ATen's own detection of the CPU; None if
+    nothing is missing."""
+    capability = (capability or torch.backends.cpu.get_cpu_capability()).lower()
+    have = next((i for i in ("avx512", "avx2") if capability.startswith(i)), "default")
+    if _ISA_ORDER.index(isa if isa in _ISA_ORDER else "default") <= _ISA_ORDER.index(have):
         return None
+    return f"{isa} instructions (ATen detects {capability})"
 
 
 def _load_cpp() -> None:
@@ -173,7 +162,7 @@ def _load_cpp() -> None:
     isa = ops.cpu_isa()
     missing = missing_cpu_features(isa)
     if missing:
-        _reasons["cpu"] = (f"mentormix_fast._C was built for {isa}, this CPU lacks {', '.join(missing)}; "
+        _reasons["cpu"] = (f"mentormix_fast._C was built for {isa}, this CPU lacks {missing}; "
                            f"rebuild with MENTORMIX_CPU_ISA=default")
     else:
         _available["cpu"] = Backend("cpu", ops, devices=("cpu",), auto_devices=("cpu",))

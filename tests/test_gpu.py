@@ -41,6 +41,22 @@ def _step(mm, net, x, y):
     return loss, grad, plan.partner, plan.lam
 
 
+def _capture(graphed, eager, net, x, y, warm_steps):
+    """Warm both modules up by ``warm_steps`` eager steps (every kernel variant compiles outside the
+    capture), then capture one step of ``graphed``: returns the graph and the step's outputs."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(warm_steps):
+            for mm in (graphed, eager):
+                _step(mm, net, x, y)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = _step(graphed, net, x, y)
+    return graph, out
+
+
 def test_a_step_never_synchronises_with_the_host(gpu_case):
     net, mm = _net(), _module(gpu_case)
     x, y = torch.randn(256, 8, device="cuda"), torch.randint(0, 10, (256,), device="cuda")
@@ -60,15 +76,7 @@ def test_cuda_graph_replays_are_the_next_eager_steps(gpu_case, batch):
     net = _net()
     graphed, eager = _module(gpu_case), _module(gpu_case)
     x, y = torch.randn(batch, 8, device="cuda"), torch.randint(0, 10, (batch,), device="cuda")
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):  # warm-up (compiles every variant) outside the capture
-        for mm in (graphed, graphed, eager, eager):
-            _step(mm, net, x, y)
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        out = _step(graphed, net, x, y)
+    graph, out = _capture(graphed, eager, net, x, y, warm_steps=2)
     for t in range(3):
         graph.replay()
         want = _step(eager, net, x, y)
@@ -83,15 +91,7 @@ def test_a_thousand_replays_track_the_eager_module(gpu_case):
     net = _net()
     graphed, eager = _module(gpu_case), _module(gpu_case)
     x, y = torch.randn(128, 8, device="cuda"), torch.randint(0, 10, (128,), device="cuda")
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for mm in (graphed, eager):
-            _step(mm, net, x, y)
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        out = _step(graphed, net, x, y)
+    graph, out = _capture(graphed, eager, net, x, y, warm_steps=1)
     for t in range(1000):
         graph.replay()
         want = _step(eager, net, x, y)

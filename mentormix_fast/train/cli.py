@@ -109,7 +109,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep weight decay when --second-reweight (the release has none then)")
     g.add_argument("--ema-decay", type=argtypes.finite_float(0.0, 1.0, hi_inclusive=False), default=0.9999,
                    help="largest decay of the weight EMA: d_t = min(this, (1 + t) / (10 + t))")
-    g.add_argument("--amp", choices=["none", "bf16"], default="none", help="autocast both passes")
+    g.add_argument("--amp", choices=["none", "bf16"], default="none",
+                   help="bf16 autocast of both training passes (a speed option; the release trains in fp32; "
+                        "evaluation is always fp32)")
+    g.add_argument("--tf32", action=argparse.BooleanOptionalAction, default=False,
+                   help="TF32 tensor cores for fp32 matmuls and convolutions on GPUs that have them (a speed "
+                        "option; off: fp32 as the release)")
     g.add_argument("--channels-last", action="store_true", help="NHWC memory format (faster convs on GPU)")
 
     g = p.add_argument_group("MentorMix")

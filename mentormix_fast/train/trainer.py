@@ -19,6 +19,7 @@ a clean/noisy flag, for the histogram), tb/ (TensorBoard), summary.json.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import math
@@ -95,6 +96,24 @@ def learning_rate(args, step: int, num_train: int, world_size: int) -> float:
     """``lr0 * factor ** floor(t / decay_steps)``, ``decay_steps = epochs_per_decay * N / (B * W)``."""
     decay_steps = args.num_epochs_per_decay * num_train / (args.batch_size * world_size)
     return args.lr * args.lr_decay_factor ** math.floor(step / decay_steps)
+
+
+def set_tf32(enabled: bool) -> None:
+    """TF32 tensor-core matmuls and convolutions on GPUs that have them (``--tf32``): off by default,
+    so that a run computes in fp32 as the release did."""
+    torch.backends.cuda.matmul.allow_tf32 = enabled
+    torch.backends.cudnn.allow_tf32 = enabled
+
+
+@contextlib.contextmanager
+def strict_fp32():
+    """fp32 arithmetic without TF32 inside the block (the in-loop evaluation)."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    set_tf32(False)
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
 def backend_name(name: str, device: torch.device) -> str:
@@ -191,6 +210,7 @@ class Trainer:
             loss_ma_decay=args.loss_ma_decay, backend=args.backend, generator=self.mm_gen,
             percentile_gather=all_gather_cat if args.global_percentile else None).to(self.device)
         self.amp_dtype = torch.bfloat16 if args.amp == "bf16" else None
+        set_tf32(args.tf32)
         self.step = 0
         self.resumed_from = None
         if args.resume:
@@ -275,8 +295,11 @@ class Trainer:
             print(f"[mentormix] {message}", file=sys.stderr, flush=True)
 
     def evaluate(self) -> float:
-        return top1_accuracy(self.ema.averaged_model(self.model), self.test, self.device,
-                             self.args.eval_batch_size, self.amp_dtype)
+        """Top-1 of the EMA weights on the clean test split, in fp32 whatever ``--amp`` (the release
+        evaluates in fp32; a bf16 evaluation would move the reported accuracy)."""
+        with strict_fp32():
+            return top1_accuracy(self.ema.averaged_model(self.model), self.test, self.device,
+                                 self.args.eval_batch_size)
 
     def run(self) -> dict:
         args, main = self.args, self.info.is_main
