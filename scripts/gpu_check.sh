@@ -14,9 +14,10 @@
 #           torch.compile fullgraph, NaN rows), tests/test_gpu.py (CUDA graphs one program and
 #           many, 1000 replays, no host sync, profiler launch count, 2^31 elements, bad partners
 #           in a subprocess); two pytest processes, --durations                        170
-#   bench   bench/run_bench.py: B=128 x K=10/100, 1024 x 1000, 16384 x 16384; fp32, bf16;
-#           every backend beside the eager reference and torch.compile of it (dynamic shapes:
-#           one compile per dtype), GB/s and % of the copy bandwidth measured in the run 110
+#   bench   bench/run_bench.py: B=128 x K=10/100, 1024 x 1000, 16384 x 16384, 65536 x 1000,
+#           5 x 262144; fp32, bf16; every backend beside the eager reference and torch.compile
+#           of it (dynamic shapes: one compile per dtype), GB/s and % of the copy bandwidth
+#           measured in the same run                                                   110
 #   train   bench/bench_train_step.py: wide ResNet-32, B=128, bf16, channels_last: images/s of a
 #           MentorMix step and of a plain CE step, and their ratio                       45
 #   memcheck compute-sanitizer --tool memcheck on a small op subset, if installed         30
@@ -103,8 +104,8 @@ bench() {
         $py bench/run_bench.py --device cpu --cases 8x10 --dtypes fp32 --variants reference cpu --min-time 0.01 \
             --out "$out/bench-dry-$stamp.json"
     else
-        $py bench/run_bench.py --cases 128x10 128x100 1024x1000 16384x16384 --dtypes fp32 bf16 --compile-dynamic \
-            --min-time 0.1 --out "$out/bench-h200-$stamp.json"
+        $py bench/run_bench.py --cases 128x10 128x100 1024x1000 16384x16384 65536x1000 5x262144 --dtypes fp32 bf16 \
+            --compile-dynamic --min-time 0.1 --out "$out/bench-h200-$stamp.json"
     fi
 }
 

@@ -213,3 +213,17 @@ def test_bad_arguments_name_the_argument(fast_case):
     for call, name in calls:
         with pytest.raises((RuntimeError, ValueError, TypeError), match=name):
             call()
+
+
+def test_logits_that_are_a_column_slice_of_a_wider_tensor(case):
+    """Row-strided logits (a slice of wider ones) are read in place; the gradient is contiguous."""
+    wide = torch.randn(40, 30, device=case.device) * 3
+    z = wide[:, 5:22]
+    y = torch.randint(0, 17, (40,), device=case.device)
+    partner = torch.randint(0, 40, (40,), device=case.device)
+    lam = torch.rand(40, device=case.device)
+    loss, lse, w, _, _ = run_mixed_loss(case, z, y, partner, lam, "threshold", 50, Config(second_reweight=False))
+    torch.testing.assert_close(loss, ref.weighted_mean(ref.mixed_ce(z, y, partner, lam), None), rtol=1e-5, atol=1e-6)
+    grad = case.ops.mixed_loss_backward(torch.tensor(1.0, device=case.device), z, y, partner, lam, lse, None)
+    assert grad.is_contiguous() and grad.shape == z.shape
+    torch.testing.assert_close(grad, ref.mixed_loss_grad(z, y, partner, lam, None), rtol=1e-4, atol=1e-7)
