@@ -187,16 +187,29 @@ def save_atomic(state: dict, path) -> Path:
     return path
 
 
+_TEMPORARY = re.compile(r"^\.ckpt-\d+\.pt\.(\d+)\.tmp$")
+
+
 def prune(folder, keep: int) -> None:
-    """Delete all but the newest ``keep`` checkpoints (``keep <= 0``: keep all)."""
+    """Delete all but the newest ``keep`` checkpoints (``keep <= 0``: keep all), and the temporary files
+    that an interrupted :func:`save_atomic` of another process left behind."""
     if keep > 0:
         for _, path in list_checkpoints(folder)[:-keep]:
             path.unlink(missing_ok=True)
+    folder = Path(folder)
+    if folder.is_dir():
+        for name in os.listdir(folder):
+            m = _TEMPORARY.match(name)
+            if m and int(m.group(1)) != os.getpid():
+                (folder / name).unlink(missing_ok=True)
 
 
 def _first_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {text[0][:200]}" if text else type(err).__name__
+    """``Type: first sentence`` of an exception's message."""
+    lines = str(err).strip().splitlines()
+    if not lines:
+        return type(err).__name__
+    return f"{type(err).__name__}: {lines[0].split('. ')[0].rstrip('.')[:200]}"
 
 
 def _unpickler_reason(err: BaseException) -> str:

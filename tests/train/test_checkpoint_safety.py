@@ -149,6 +149,15 @@ def test_a_failed_write_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
     assert torch.equal(ckpt.load(path)["w"], torch.arange(4))
 
 
+def test_prune_removes_what_an_interrupted_write_left(tmp_path):
+    for step in (1, 2, 3):
+        ckpt.save_atomic({"step": step}, ckpt.checkpoint_path(tmp_path, step))
+    (tmp_path / ".ckpt-000000004.pt.999999999.tmp").write_bytes(b"PK\x03\x04 cut short by kill -9")
+    (tmp_path / "notes.txt").write_text("kept")
+    ckpt.prune(tmp_path, 2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt-000000002.pt", "ckpt-000000003.pt", "notes.txt"]
+
+
 def test_a_file_without_digest_is_refused(tmp_path):
     path = tmp_path / "ckpt-000000001.pt"
     torch.save({"step": 1, "model": {"w": torch.zeros(2)}}, path)
