@@ -45,11 +45,49 @@ def load_digits(test_fraction: float = 0.25, split_seed: int = 0) -> tuple[Split
     return Split(images[train], labels[train]), Split(images[test], labels[test]), 10
 
 
+def _array_globals() -> dict:
+    """The callables a pickled uint8 NumPy array refers to, under each module name NumPy 1 and 2 use."""
+    reconstruct = np.ndarray.__reduce__(np.zeros(1, np.uint8))[0]
+    frombuffer = np.zeros(1, np.uint8).__reduce_ex__(5)[0]
+    out = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype}
+    for module in ("numpy.core", "numpy._core"):
+        out[(f"{module}.multiarray", "_reconstruct")] = reconstruct
+        out[(f"{module}.numeric", "_frombuffer")] = frombuffer
+    return out
+
+
+def _latin1_encode(text, encoding="latin1"):
+    """``_codecs.encode`` as Python 3 pickles bytes for protocol 2, for the latin-1 codec only."""
+    if encoding not in ("latin1", "latin-1") or not isinstance(text, str):
+        raise pickle.UnpicklingError(f"_codecs.encode with {encoding!r} is not allowed")
+    return text.encode("latin1")
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Unpickles the CIFAR "python version" batches (dicts of lists, bytes, str and uint8 arrays) and refuses
+    every other global, so a crafted file cannot run code."""
+
+    _allowed = {**_array_globals(), ("_codecs", "encode"): _latin1_encode}
+
+    def __init__(self, file, path):
+        super().__init__(file, encoding="latin1")
+        self.path = path
+
+    def find_class(self, module, name):
+        found = self._allowed.get((module, name))
+        if found is None:
+            raise pickle.UnpicklingError(f"{self.path}: refused: it refers to {module}.{name}, which a CIFAR "
+                                         f"batch never holds (only NumPy arrays, lists, bytes and str)")
+        return found
+
+
 def _read_batches(folder: Path, names: list[str], label_key: str) -> Split:
     images, labels = [], []
     for name in names:
         with open(folder / name, "rb") as f:
-            entry = pickle.load(f, encoding="latin1")
+            entry = _CifarUnpickler(f, folder / name).load()
+        if not isinstance(entry, dict):
+            raise ValueError(f"{folder / name}: not a CIFAR batch (a {type(entry).__name__}, not a dict)")
         entry = {k.decode() if isinstance(k, bytes) else k: v for k, v in entry.items()}
         images.append(np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
         labels.append(np.asarray(entry[label_key], dtype=np.int64))

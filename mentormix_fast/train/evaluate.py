@@ -55,7 +55,8 @@ def resolve_checkpoint(path) -> Path:
 
 def evaluate_checkpoint(path, data_dir=None, use_ema: bool = True, device: str = "auto",
                         batch_size: int = 500) -> dict:
-    """Load a checkpoint, rebuild its model with the EMA (or raw) weights and measure top-1."""
+    """Load a checkpoint (verified, plain data only: :func:`checkpoint.load`), rebuild its model with the EMA
+    (or raw) weights and measure top-1; a damaged or unsafe file raises :class:`checkpoint.CheckpointError`."""
     path = resolve_checkpoint(path)
     state = ckpt.load(path)
     args = state["args"]
@@ -88,7 +89,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    result = evaluate_checkpoint(args.path, args.data_dir, not args.raw, args.device, args.batch_size)
+    try:
+        result = evaluate_checkpoint(args.path, args.data_dir, not args.raw, args.device, args.batch_size)
+    except ckpt.CheckpointError as err:
+        print(f"mentormix-eval: {err}", file=sys.stderr)
+        return 1
     out = Path(args.output) if args.output else Path(result["checkpoint"]).with_name(f"eval-{result['step']}.json")
     out.write_text(json.dumps(result, indent=2) + "\n")
     result["output"] = str(out)

@@ -219,13 +219,48 @@ class Trainer:
     # -- checkpoints -----------------------------------------------------------------------------
 
     def _resume(self, which: str) -> None:
-        path = ckpt.latest_checkpoint(self.out) if which == "latest" else Path(which)
-        if path is None:
-            self.log(f"no checkpoint in {self.out}: starting from step 0")
-            return
-        state = ckpt.load(path)
-        changed = {k: (state["args"].get(k), getattr(self.args, k)) for k in RESUME_KEYS
-                   if state["args"].get(k) != getattr(self.args, k)}
+        """Load ``which`` (a file: it must be intact) or, for ``latest``, the newest intact checkpoint in
+        --out-dir: newer ones that fail to load are reported and moved aside to ``<name>.corrupt``."""
+        skipped: list[ckpt.CheckpointError] = []
+        if which == "latest":
+            found = ckpt.list_checkpoints(self.out)
+            if not found:
+                self.log(f"no checkpoint in {self.out}: starting from step 0")
+                return
+            path = state = None
+            for _, candidate in reversed(found):
+                try:
+                    state, path = ckpt.load(candidate), candidate
+                    break
+                except ckpt.CheckpointError as err:
+                    skipped.append(err)
+                    self.log(f"--resume: skipping {err}")
+            if path is None:
+                raise SystemExit(f"--resume: no intact checkpoint in {self.out}:\n"
+                                 + "\n".join(f"  {err}" for err in skipped))
+        else:
+            path = Path(which)
+            try:
+                state = ckpt.load(path)
+            except ckpt.CheckpointError as err:
+                raise SystemExit(f"--resume: {err}") from None
+        chosen = world.all_gather_objects(str(path))
+        if any(c != chosen[0] for c in chosen):
+            raise SystemExit(f"--resume: the ranks chose different checkpoints {chosen}")
+        if skipped:
+            self.log(f"--resume: falling back to {path}, the newest intact checkpoint "
+                     f"({len(skipped)} newer one(s) skipped)")
+            if self.info.is_main:
+                for err in skipped:
+                    aside = err.path.with_name(err.path.name + ".corrupt")
+                    try:
+                        err.path.replace(aside)
+                        self.log(f"--resume: moved {err.path.name} aside to {aside.name}")
+                    except OSError as move_err:
+                        self.log(f"--resume: could not move {err.path.name} aside ({move_err})")
+            world.barrier()
+        given = {k: ckpt.plain_value(getattr(self.args, k)) for k in RESUME_KEYS}
+        changed = {k: (state["args"].get(k), given[k]) for k in RESUME_KEYS if state["args"].get(k) != given[k]}
         if changed:
             raise SystemExit(f"--resume: {path} was trained with other settings {changed} (stored, given)")
         self.model.load_state_dict(state["model"])
@@ -247,10 +282,10 @@ class Trainer:
         mm_states = world.all_gather_objects({k: v.cpu() for k, v in self.mentormix.state_dict().items()})
         rng_states = world.all_gather_objects(ckpt.rng_state())
         if self.info.is_main:
-            state = {"step": self.step, "args": vars(self.args), "model": self.model.state_dict(),
+            state = {"step": self.step, "args": ckpt.plain_value(vars(self.args)), "model": self.model.state_dict(),
                      "ema": self.ema.state_dict(), "optimizer": self.optimizer.state_dict(),
                      "mentormix": mm_states[0], "mentormix_per_rank": mm_states, "rng_per_rank": rng_states,
-                     "noise": self.noise, "world_size": self.info.world_size}
+                     "noise": ckpt.plain_value(self.noise), "world_size": self.info.world_size}
             ckpt.save_atomic(state, ckpt.checkpoint_path(self.out, self.step))
             ckpt.prune(self.out, self.args.keep_checkpoints)
         world.barrier()
