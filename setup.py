@@ -146,6 +146,7 @@ setup(
         "demo": ["scikit-learn"],
         "train": ["torchvision", "scikit-learn", "tqdm", "matplotlib"],
         "tensorboard": ["tensorboard"],
+        "timm": ["timm"],
     },
     entry_points={"console_scripts": [
         "mentormix-train = mentormix_fast.train.cli:main",

@@ -6,13 +6,21 @@ be switched on before any ``@triton.jit`` decorator runs, i.e. before anything i
 
 The ``case`` fixture (``fast_case``: without the reference) runs a test on every backend this
 machine has, each on its device (tests/ops/cases.py).
+
+torch runs one intra-op thread in the tests (and in the programs they start), unless
+``MENTORMIX_TEST_THREADS`` says otherwise: the tests' tensors are small, and on a 2-core machine
+shared with another job two threads made the suite slower (the README gives both times).
 """
 
 import os
 
-import pytest
-import torch
+_THREADS = os.environ.get("MENTORMIX_TEST_THREADS", "1")
+os.environ["OMP_NUM_THREADS"] = _THREADS
 
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(int(_THREADS))
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 

@@ -157,6 +157,7 @@ def test_launches_large_k_unfused(count_launches):
 def test_fused_and_separate_ce_agree_with_reference(monkeypatch, fuse_max):
     """The small-B single program with and without the fused CE pass (against the reference)."""
     from mentormix_fast.kernels import mixed_loss, plan
+
     from tests.ops.cases import Case, Config
     from tests.ops.test_mixed_loss import check_mixed_loss
     from tests.ops.test_plan import check_plan

@@ -7,6 +7,8 @@
   ``train`` and ``test``). Images uint8 [N, 3, 32, 32]; scaling and augmentation happen per batch on
   the training device (:mod:`mentormix_fast.train.augment`). With ``download=True`` torchvision fetches the
   archives first; otherwise nothing touches the network.
+* ``filelist`` / ``imagefolder``: image files on disk, listed (paths and labels only, decoded per batch):
+  see :mod:`mentormix_fast.train.images`.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-DATASETS = ("digits", "cifar10", "cifar100")
+DATASETS = ("digits", "cifar10", "cifar100", "filelist", "imagefolder")
+FILE_DATASETS = ("filelist", "imagefolder")
 _CIFAR = {
     "cifar10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"], "labels", 10),
     "cifar100": ("cifar-100-python", ["train"], ["test"], "fine_labels", 100),
@@ -30,6 +33,10 @@ class Split(NamedTuple):
 
     images: torch.Tensor
     labels: torch.Tensor
+
+    @property
+    def in_channels(self) -> int:
+        return self.images.shape[1]
 
 
 def load_digits(test_fraction: float = 0.25, split_seed: int = 0) -> tuple[Split, Split, int]:
@@ -134,10 +141,29 @@ def write_cifar_folder(data_dir, name: str, train: Split, test: Split) -> Path:
     return folder
 
 
-def load_dataset(name: str, data_dir=None, download: bool = False) -> tuple[Split, Split, int]:
-    """Dispatch on ``name`` in :data:`DATASETS`."""
+def dataset_options(args) -> dict:
+    """The keyword arguments of :func:`load_dataset` beyond (name, data_dir, download), from the trainer's
+    flags (an ``argparse.Namespace``, or a checkpoint's stored ``args`` dict)."""
+    get = args.get if isinstance(args, dict) else lambda k, d=None: getattr(args, k, d)
+    return {"train_list": get("train_list"), "test_list": get("test_list"), "num_classes": get("num_classes")}
+
+
+def load_dataset(name: str, data_dir=None, download: bool = False, *, train_list=None, test_list=None,
+                 num_classes=None):
+    """(train, test, num_classes), dispatched on ``name`` in :data:`DATASETS`: two :class:`Split` (in memory),
+    or for ``filelist``/``imagefolder`` two :class:`mentormix_fast.train.images.FileSplit` (paths and labels;
+    ``train_list``/``test_list``/``num_classes`` are the ``--train-list``/``--test-list``/``--num-classes`` of
+    ``filelist``)."""
     if name == "digits":
         return load_digits()
     if data_dir is None:
         raise ValueError(f"{name}: needs --data-dir")
+    if name == "filelist":
+        from .images import load_filelist
+
+        return load_filelist(data_dir, train_list, test_list, num_classes)
+    if name == "imagefolder":
+        from .images import load_imagefolder
+
+        return load_imagefolder(data_dir)
     return load_cifar(name, data_dir, download)

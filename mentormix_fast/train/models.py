@@ -23,6 +23,8 @@ gamma 1, beta 0, eps 1e-3, momentum 0.1 (TF decay 0.9).
 Architectures (:data:`ARCHITECTURES`): ``wide-resnet32`` (64, 128, 256, 512), 5 units: ~29.4M
 parameters for CIFAR-10 (the release's student); ``resnet32`` (16, 16, 32, 64), 5 units: ~0.46M;
 ``resnet8`` (16, 16, 32, 64), 1 unit: ~78k, for tests and quick runs.
+
+:func:`build_model` also builds torchvision and timm networks by name (:mod:`mentormix_fast.train.backbones`).
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from . import backbones
 
 LEAK = 0.1
 BN_EPS = 1e-3
@@ -139,12 +143,35 @@ class PreActResNet(nn.Module):
         return self.fc(x.mean(dim=(2, 3)))
 
 
-def build_model(name: str, num_classes: int, in_channels: int = 3) -> PreActResNet:
-    """One of :data:`ARCHITECTURES` by name."""
-    if name not in ARCHITECTURES:
-        raise ValueError(f"model: expected one of {sorted(ARCHITECTURES)}, got {name!r}")
-    filters, units = ARCHITECTURES[name]
-    return PreActResNet(num_classes, in_channels, filters, units)
+def build_model(name: str, num_classes: int, in_channels: int = 3) -> nn.Module:
+    """One of :data:`ARCHITECTURES`, a torchvision classification model or ``timm:<name>``
+    (:mod:`mentormix_fast.train.backbones`) by name, untrained, with a ``num_classes`` head."""
+    if name in ARCHITECTURES:
+        filters, units = ARCHITECTURES[name]
+        return PreActResNet(num_classes, in_channels, filters, units)
+    try:
+        backbones.check_name(name)
+    except ValueError as err:
+        raise ValueError(f"model: expected one of {sorted(ARCHITECTURES)} or another named network: {err}") from None
+    return backbones.build(name, num_classes, in_channels)
+
+
+def head_parameter_names(name: str, num_classes: int, in_channels: int = 3) -> frozenset[str]:
+    """The classifier head's parameter names of :func:`build_model`'s network (e.g. ``fc.weight``, ``fc.bias``)."""
+    return backbones.head_parameter_names(lambda k: build_model(name, k, in_channels), num_classes)
+
+
+def load_pretrained(model: nn.Module, name: str, source: str, num_classes: int, in_channels: int = 3,
+                    download: bool = False) -> tuple[nn.Module, list[str]]:
+    """``--pretrained``: :func:`backbones.load_pretrained` for :func:`build_model`'s network; returns the
+    network (a new one for ``timm``) and the report lines. Raises :class:`backbones.PretrainedError`."""
+    head = head_parameter_names(name, num_classes, in_channels)
+
+    def make_timm(pretrained_file, download):
+        return backbones.build(name, num_classes, in_channels, timm_pretrained_file=pretrained_file,
+                               timm_download=download)
+
+    return backbones.load_pretrained(model, name, source, head, download=download, make_timm=make_timm)
 
 
 def decay_parameters(model: nn.Module) -> list[nn.Parameter]:

@@ -4,9 +4,12 @@
 One step t (0-based) of ``--max-steps`` T:
     idx  = the next B indices of a seeded per-epoch permutation (rank r of W takes the r-th B of each
            global batch of B*W)
-    x    = augment(images[idx])      (CIFAR: pad/crop/flip/colour, [-1, 1]; digits: as stored)
+    x    = the batch source's input of idx (:mod:`mentormix_fast.train.batches`): augment(images[idx])
+           (CIFAR: pad/crop/flip/colour, [-1, 1]; digits: as stored), or the image files of idx decoded
+           and augmented by DataLoader workers (filelist/imagefolder)
     loss = MentorMix: first pass (no grad, BN stats frozen) -> plan -> mix -> second pass -> mixed loss
-    SGD(momentum 0.9), lr = lr0 * 0.9 ** floor(t / (num_epochs_per_decay * N / (B * W)));
+    SGD(momentum 0.9), lr = lr0 * 0.9 ** floor(t / (num_epochs_per_decay * N / (B * W)))
+    (times --backbone-lr-mult for every parameter but the classifier head);
     weight decay 2e-4 on conv/FC kernels (none with --second-reweight, as in the release);
     EMA of the weights, d_t = min(0.9999, (1 + t) / (10 + t)).
 
@@ -27,7 +30,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -36,18 +38,25 @@ from mentormix_fast.distributed import all_gather_cat
 
 from . import checkpoint as ckpt
 from . import world
-from .augment import cifar_train_augment, to_signed_unit
-from .data import load_dataset
+from .batches import make_source
+from .data import dataset_options, load_dataset
 from .ema import WeightEMA
-from .evaluate import top1_accuracy
+from .evaluate import accuracies
+from .finetune import freeze_batchnorm, param_groups
+from .labels import describe, training_labels
 from .logs import CsvLog, TensorBoardLog
-from .models import build_model, count_parameters, decay_parameters
-from .noise import load_or_make_noisy_labels
+from .models import build_model, count_parameters, decay_parameters, head_parameter_names, load_pretrained
+from .seeds import derived_seed
 
 # Flags that must not change when a run is resumed.
 RESUME_KEYS = ("dataset", "noise_rate", "noise_kind", "noise_seed", "model", "batch_size", "max_steps", "seed",
                "mixup_alpha", "percentile", "second_reweight", "burn_in_epoch", "weighting", "global_percentile",
-               "lr", "lr_decay_factor", "num_epochs_per_decay", "momentum", "weight_decay", "ema_decay")
+               "lr", "lr_decay_factor", "num_epochs_per_decay", "momentum", "weight_decay", "ema_decay",
+               "backbone_lr_mult", "freeze_bn", "image_size", "noisy_labels_key")
+# What a checkpoint written before a flag existed is taken to have had (its default).
+RESUME_DEFAULTS = {"backbone_lr_mult": 1.0, "freeze_bn": False, "image_size": 224, "noisy_labels_key": None}
+# test_log.csv: top1/top5 of the EMA weights, *_raw of the trained weights.
+TEST_FIELDS = ["step", "top1", "top5", "top1_raw", "top5_raw"]
 TRAIN_FIELDS = ["step", "lr", "loss", "loss_ma", "loss_ma_mixed", "weight_mean", "weight_clean", "weight_noisy",
                 "seconds"]
 
@@ -55,11 +64,6 @@ TRAIN_FIELDS = ["step", "lr", "loss", "loss_ma", "loss_ma_mixed", "weight_mean",
 # ------------------------------------------------------------------------------------------------
 # Determinism helpers
 # ------------------------------------------------------------------------------------------------
-
-
-def derived_seed(*parts: int) -> int:
-    """A 63-bit seed from integers (NumPy's SeedSequence hashing): independent streams per use."""
-    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(2, np.uint64)[0] >> np.uint64(1))
 
 
 class BatchStream:
@@ -163,30 +167,32 @@ class Trainer:
             self.out.mkdir(parents=True, exist_ok=True)
         # Rank 0 downloads (when asked) before the others read the folder.
         if info.is_main:
-            train, self.test, self.num_classes = load_dataset(args.dataset, args.data_dir, args.download)
+            train, self.test, self.num_classes = load_dataset(args.dataset, args.data_dir, args.download,
+                                                              **dataset_options(args))
         world.barrier()
         if not info.is_main:
-            train, self.test, self.num_classes = load_dataset(args.dataset, args.data_dir, False)
+            train, self.test, self.num_classes = load_dataset(args.dataset, args.data_dir, False,
+                                                              **dataset_options(args))
+        download = args.download  # --pretrained torchvision/timm may fetch weights too
         args.download = False  # stored in checkpoints: a resume must not need the network
         # Rank 0 writes the noise file; the others wait and read the same labels.
         if info.is_main:
-            noisy, self.noise = load_or_make_noisy_labels(args.data_dir, args.dataset, train.labels.numpy(),
-                                                          args.noise_rate, self.num_classes, args.noise_seed,
-                                                          args.noise_kind)
+            noisy, clean, self.noise = training_labels(args, train, self.num_classes)
         world.barrier()
         if not info.is_main:
-            noisy, self.noise = load_or_make_noisy_labels(args.data_dir, args.dataset, train.labels.numpy(),
-                                                          args.noise_rate, self.num_classes, args.noise_seed,
-                                                          args.noise_kind, write=False)
+            noisy, clean, self.noise = training_labels(args, train, self.num_classes, write=False)
         self.num_train = len(train.labels)
-        self.images = train.images.to(self.device)
         self.labels = torch.from_numpy(noisy).to(self.device)
-        self.is_noisy = (torch.from_numpy(noisy) != train.labels).to(self.device)
-        self.augment = cifar_train_augment if train.images.dtype == torch.uint8 else None
+        # None when the clean labels are unknown (user labels of an image-file dataset)
+        self.is_noisy = None if clean is None else torch.from_numpy(noisy != clean).to(self.device)
         self.stream = BatchStream(self.num_train, args.batch_size, info.world_size, info.rank, args.seed)
+        self.source = make_source(train, self.test, self.stream, self.device, seed=args.seed, rank=info.rank,
+                                  image_size=args.image_size, workers=args.workers)
+        self.test = self.source.test_data(args.eval_batch_size)
 
         torch.manual_seed(args.seed)
-        self.model = build_model(args.model, self.num_classes, train.images.shape[1]).to(self.device)
+        in_channels = train.in_channels
+        self.model = self._build_model(in_channels, download)
         threads = choose_threads(args.threads, self.device, count_parameters(self.model))
         if threads is not None:
             torch.set_num_threads(threads)
@@ -197,13 +203,11 @@ class Trainer:
             self.net = nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         decay = args.weight_decay if (not args.second_reweight or args.decay_with_second_reweight) else 0.0
-        decayed = {id(p) for p in decay_parameters(self.model)}
-        groups = [{"params": [p for p in self.model.parameters() if id(p) in decayed], "weight_decay": decay},
-                  {"params": [p for p in self.model.parameters() if id(p) not in decayed], "weight_decay": 0.0}]
+        head = head_parameter_names(args.model, self.num_classes, in_channels)
+        groups = param_groups(self.model, head, decay_parameters(self.model), decay, args.backbone_lr_mult)
         self.optimizer = torch.optim.SGD(groups, lr=args.lr, momentum=args.momentum)
         self.ema = WeightEMA(self.model, args.ema_decay)
         self.mm_gen = torch.Generator(self.device)
-        self.aug_gen = torch.Generator(self.device)
         self.mentormix = MentorMix(
             total_steps=args.max_steps, percentile=args.percentile, mixup_alpha=args.mixup_alpha,
             second_reweight=args.second_reweight, burn_in_epoch=args.burn_in_epoch, weighting=args.weighting,
@@ -215,6 +219,29 @@ class Trainer:
         self.resumed_from = None
         if args.resume:
             self._resume(args.resume)
+
+    def _build_model(self, in_channels: int, download: bool) -> nn.Module:
+        """The student on the device: ``--model`` with ``--pretrained`` weights (not read when a checkpoint
+        will be resumed: it has the weights) and ``--freeze-bn``."""
+        args = self.args
+        model = build_model(args.model, self.num_classes, in_channels)
+        resuming = args.resume is not None and (args.resume != "latest" or ckpt.list_checkpoints(self.out))
+        if args.pretrained and not resuming:
+            # Rank 0 fetches (when asked) before the others read the cache.
+            for turn in (True, False):
+                if self.info.is_main == turn:
+                    try:
+                        model, report = load_pretrained(model, args.model, args.pretrained, self.num_classes,
+                                                        in_channels, download and turn)
+                    except ValueError as err:
+                        raise SystemExit(str(err)) from None
+                    for line in report:
+                        self.log(line)
+                if turn:
+                    world.barrier()
+        if args.freeze_bn:
+            self.log(f"--freeze-bn: {freeze_batchnorm(model)} BatchNorm layers in eval mode")
+        return model.to(self.device)
 
     # -- checkpoints -----------------------------------------------------------------------------
 
@@ -260,7 +287,8 @@ class Trainer:
                         self.log(f"--resume: could not move {err.path.name} aside ({move_err})")
             world.barrier()
         given = {k: ckpt.plain_value(getattr(self.args, k)) for k in RESUME_KEYS}
-        changed = {k: (state["args"].get(k), given[k]) for k in RESUME_KEYS if state["args"].get(k) != given[k]}
+        stored = {k: state["args"].get(k, RESUME_DEFAULTS.get(k)) for k in RESUME_KEYS}
+        changed = {k: (stored[k], given[k]) for k in RESUME_KEYS if stored[k] != given[k]}
         if changed:
             raise SystemExit(f"--resume: {path} was trained with other settings {changed} (stored, given)")
         self.model.load_state_dict(state["model"])
@@ -295,22 +323,17 @@ class Trainer:
     def _autocast(self):
         return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None)
 
-    def train_step(self, step: int):
-        """One MentorMix step t; returns (loss, plan, idx) with the loss detached."""
+    def train_step(self, step: int, batch=None):
+        """One MentorMix step t on ``batch`` = (idx, x) (default: the source's batch of step t); returns
+        (loss, plan, idx) with the loss detached."""
         args = self.args
-        idx = self.stream.indices(step).to(self.device)
-        x = self.images[idx]
-        if self.augment is not None:
-            self.aug_gen.manual_seed(derived_seed(args.seed, 2, step, self.info.rank))
-            x = self.augment(x, self.aug_gen)
-        else:
-            x = to_signed_unit(x)
+        idx, x = batch if batch is not None else self.source.batch(step)
         x = x.contiguous(memory_format=self.memory_format)
         y = self.labels[idx]
         self.mm_gen.manual_seed(derived_seed(args.seed, 3, step, self.info.rank))
         lr = learning_rate(args, step, self.num_train, self.info.world_size)
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_mult", 1.0)
         with torch.no_grad(), frozen_batchnorm_stats(self.net), self._autocast():
             logits = self.net(x)
         plan = self.mentormix.plan(logits, y, step)
@@ -329,26 +352,28 @@ class Trainer:
         if self.info.is_main:
             print(f"[mentormix] {message}", file=sys.stderr, flush=True)
 
-    def evaluate(self) -> float:
-        """Top-1 of the EMA weights on the clean test split, in fp32 whatever ``--amp`` (the release
-        evaluates in fp32; a bf16 evaluation would move the reported accuracy)."""
+    def evaluate(self) -> dict[str, float]:
+        """Top-1 and top-5 of the EMA weights (``top1``, ``top5``) and of the raw weights (``top1_raw``,
+        ``top5_raw``) on the clean test split, in fp32 whatever ``--amp`` (the release evaluates in fp32;
+        a bf16 evaluation would move the reported accuracy)."""
         with strict_fp32():
-            return top1_accuracy(self.ema.averaged_model(self.model), self.test, self.device,
-                                 self.args.eval_batch_size)
+            scores = accuracies({"ema": self.ema.averaged_model(self.model), "raw": self.model}, self.test,
+                                self.device, self.args.eval_batch_size)
+        return {**scores["ema"], **{f"{k}_raw": v for k, v in scores["raw"].items()}}
 
     def run(self) -> dict:
         args, main = self.args, self.info.is_main
         stop = args.max_steps if args.stop_at_step is None else min(args.stop_at_step, args.max_steps)
         resume_step = self.step if self.resumed_from else None
         backend = backend_name(args.backend, self.device)
-        self.log(f"{args.dataset} noise {args.noise_kind} {args.noise_rate} (actual {self.noise['actual_rate']:.4f}), "
+        self.log(f"{args.dataset} {describe(self.noise)}, "
                  f"{args.model} ({count_parameters(self.model):,} parameters), backend {backend}, "
                  f"world {self.info.world_size}, device {self.device}, {torch.get_num_threads()} CPU threads")
         train_log = test_log = weights_log = None
         tb = TensorBoardLog(self.out / "tb", main and args.tensorboard, purge_step=resume_step)
         if main:
             train_log = CsvLog(self.out / "train_log.csv", TRAIN_FIELDS, resume_step)
-            test_log = CsvLog(self.out / "test_log.csv", ["step", "top1"], resume_step)
+            test_log = CsvLog(self.out / "test_log.csv", TEST_FIELDS, resume_step)
             weights_log = CsvLog(self.out / "weights.csv", ["step", "weight", "noisy"], resume_step)
         progress = None
         if main and args.progress:
@@ -356,39 +381,54 @@ class Trainer:
 
             progress = tqdm(total=stop, initial=self.step, desc="mentormix", dynamic_ncols=True)
         started = time.time()
-        top1 = None
+        scores = None
+        batches = self.source.train_batches(self.step, stop)
         while self.step < stop:
             t = self.step
-            loss, plan, idx, lr = self.train_step(t)
+            loss, plan, idx, lr = self.train_step(t, next(batches))
             self.step = t + 1
             if progress is not None:
                 progress.update(1)
+            saving = (args.checkpoint_every > 0 and self.step % args.checkpoint_every == 0) or self.step == stop
+            if (self.step % args.log_every == 0 or saving) and not math.isfinite(float(loss)):
+                # Checked where the loss is read anyway (log and checkpoint steps): a run that diverged
+                # stops before it writes a checkpoint of non-finite weights.
+                raise SystemExit(f"mentormix-train: the loss is {float(loss)} at step {self.step}: training "
+                                 f"diverged (lower --lr, or --backbone-lr-mult when fine-tuning); the last "
+                                 f"checkpoint in {self.out} is from before")
             if main and (self.step % args.log_every == 0 or self.step == args.max_steps):
                 w = plan.weights.float()
-                noisy = self.is_noisy[idx]
+                # With the clean labels unknown, the clean/noisy cells stay empty.
+                noisy = self.is_noisy[idx] if self.is_noisy is not None else None
+                known = noisy is not None
                 row = {"step": self.step, "lr": lr, "loss": float(loss),
                        "loss_ma": float(self.mentormix.loss_ma), "loss_ma_mixed": float(self.mentormix.loss_ma_mixed),
                        "weight_mean": float(w.mean()),
-                       "weight_clean": float(w[~noisy].mean()) if bool((~noisy).any()) else "",
-                       "weight_noisy": float(w[noisy].mean()) if bool(noisy.any()) else "",
+                       "weight_clean": float(w[~noisy].mean()) if known and bool((~noisy).any()) else "",
+                       "weight_noisy": float(w[noisy].mean()) if known and bool(noisy.any()) else "",
                        "seconds": round(time.time() - started, 3)}
                 train_log.write(row)
-                weights_log.write_many({"step": self.step, "weight": f"{v:.6g}", "noisy": int(n)}
-                                       for v, n in zip(w.cpu().tolist(), noisy.cpu().tolist(), strict=True))
-                tb.scalars(self.step, {f"train/{k}": v for k, v in row.items() if k not in ("step", "seconds")})
-                tb.histogram(self.step, "weights/clean", w[~noisy].cpu())
-                tb.histogram(self.step, "weights/noisy", w[noisy].cpu())
+                flags = [int(n) for n in noisy.cpu().tolist()] if known else [""] * len(w)
+                weights_log.write_many({"step": self.step, "weight": f"{v:.6g}", "noisy": n}
+                                       for v, n in zip(w.cpu().tolist(), flags, strict=True))
+                tb.scalars(self.step, {f"train/{k}": v for k, v in row.items()
+                                       if k not in ("step", "seconds") and v != ""})
+                if known:
+                    tb.histogram(self.step, "weights/clean", w[~noisy].cpu())
+                    tb.histogram(self.step, "weights/noisy", w[noisy].cpu())
                 if progress is not None:
                     progress.set_postfix(loss=f"{row['loss']:.3f}", lr=f"{lr:.3g}")
             if main and ((args.eval_every > 0 and self.step % args.eval_every == 0) or self.step == args.max_steps):
-                top1 = self.evaluate()
-                test_log.write({"step": self.step, "top1": top1})
-                tb.scalars(self.step, {"test/top1_ema": top1})
-                self.log(f"step {self.step}: test top-1 (EMA) {top1:.4f}")
-            if (args.checkpoint_every > 0 and self.step % args.checkpoint_every == 0) or self.step == stop:
+                scores = self.evaluate()
+                test_log.write({"step": self.step, **scores})
+                tb.scalars(self.step, {f"test/{k}" if k.endswith("_raw") else f"test/{k}_ema": v
+                                       for k, v in scores.items()})
+                self.log(f"step {self.step}: test top-1 {scores['top1']:.4f} top-5 {scores['top5']:.4f} (EMA), "
+                         f"top-1 {scores['top1_raw']:.4f} top-5 {scores['top5_raw']:.4f} (raw)")
+            if saving:
                 self.save()
-        if main and top1 is None and self.step >= args.max_steps:
-            top1 = self.evaluate()  # a --resume of a finished run still reports its accuracy
+        if main and scores is None and self.step >= args.max_steps:
+            scores = self.evaluate()  # a --resume of a finished run still reports its accuracy
         if progress is not None:
             progress.close()
         for log in (train_log, test_log, weights_log):
@@ -397,7 +437,9 @@ class Trainer:
         tb.close()
         digests = world.all_gather_objects({"model": params_digest(self.model),
                                             "ema": params_digest(self.ema.averaged_model(self.model))})
-        summary = {"step": self.step, "finished": self.step >= args.max_steps, "top1_ema": top1,
+        summary = {"step": self.step, "finished": self.step >= args.max_steps, "top1_ema": scores and scores["top1"],
+                   "top5_ema": scores and scores["top5"], "top1_raw": scores and scores["top1_raw"],
+                   "top5_raw": scores and scores["top5_raw"],
                    "dataset": args.dataset, "noise": self.noise, "model": args.model,
                    "parameters": count_parameters(self.model), "backend": backend,
                    "world_size": self.info.world_size, "threads": torch.get_num_threads(), "rank_digests": digests,

@@ -12,7 +12,7 @@ from mentormix_fast.train.augment import (
 )
 from mentormix_fast.train.cli import parse_args
 from mentormix_fast.train.data import load_cifar, load_dataset, write_cifar_folder
-from mentormix_fast.train.presets import PRESETS, RELEASE_SETTINGS, REPORTED_TOP1, release_setting
+from mentormix_fast.train.presets import PRESETS, RELEASE_PRESETS, RELEASE_SETTINGS, REPORTED_TOP1, release_setting
 from mentormix_fast.train.trainer import BatchStream, learning_rate
 
 
@@ -90,7 +90,8 @@ def test_release_defaults_and_presets():
     assert (args.batch_size, args.lr, args.lr_decay_factor, args.momentum, args.weight_decay) == (
         128, 0.1, 0.9, 0.9, 2e-4)
     assert (args.max_steps, args.ema_decay, args.burn_in_epoch, args.dataset) == (200_000, 0.9999, 10, "digits")
-    assert len(PRESETS) == 8 and set(PRESETS) == set(REPORTED_TOP1)
+    assert len(RELEASE_PRESETS) == 8 and set(RELEASE_PRESETS) == set(REPORTED_TOP1)
+    assert set(PRESETS) == {*RELEASE_PRESETS, "webvision-mini"}
     args = parse_args(["--preset", "cifar100-0.6"])
     assert (args.dataset, args.noise_rate, args.mixup_alpha, args.percentile, args.second_reweight) == (
         "cifar100", 0.6, 4.0, 0.3, True)

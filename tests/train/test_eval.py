@@ -1,4 +1,5 @@
-"""``python -m mentormix_fast.train.evaluate``: top-1 of the EMA weights on the clean test split, JSON out."""
+"""``python -m mentormix_fast.train.evaluate``: top-1 and top-5 of the EMA and raw weights on the clean test split,
+JSON out."""
 
 import json
 
@@ -21,7 +22,13 @@ def test_latest_checkpoint_of_a_folder_matches_the_training_summary(run_dir, cap
     assert result["step"] == 6 and result["weights"] == "ema" and result["test_examples"] == 449
     summary = json.loads((run_dir / "summary.json").read_text())
     assert result["top1"] == pytest.approx(summary["top1_ema"])
-    assert json.loads(capsys.readouterr().out)["top1"] == result["top1"]
+    assert result["top5"] == result["top5_ema"] == pytest.approx(summary["top5_ema"])
+    for weights in ("ema", "raw"):
+        for k in (1, 5):
+            assert result[f"top{k}_{weights}"] == pytest.approx(summary[f"top{k}_{weights}"])
+        assert result[f"top1_{weights}"] <= result[f"top5_{weights}"]
+    printed = json.loads(capsys.readouterr().out)
+    assert all(printed[k] == result[k] for k in ("top1", "top5_ema", "top1_raw", "top5_raw"))
 
 
 def test_one_checkpoint_file_and_raw_weights(run_dir):
@@ -30,6 +37,7 @@ def test_one_checkpoint_file_and_raw_weights(run_dir):
     written = first.with_name("eval-3.json")
     result = json.loads(written.read_text())
     assert result["step"] == 3 and result["weights"] == "raw" and 0.0 <= result["top1"] <= 1.0
+    assert (result["top1"], result["top5"]) == (result["top1_raw"], result["top5_raw"])
     assert evaluate_checkpoint(first)["weights"] == "ema"
 
 
