@@ -30,6 +30,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .errors import DataError, weights_only_reason
+
 TIMM_PREFIX = "timm:"
 # Sources of --pretrained other than a file.
 LIBRARY_WEIGHTS = ("torchvision", "timm")
@@ -39,7 +41,7 @@ HOW_TO_LIST = ("python -c \"import torchvision; print(torchvision.models.list_mo
                " or, for timm:<name>, python -c \"import timm; print(timm.list_models())\"")
 
 
-class PretrainedError(ValueError):
+class PretrainedError(DataError):
     """Weights that cannot be used; the message starts with ``--pretrained``."""
 
 
@@ -147,7 +149,7 @@ def read_state_dict(path) -> dict[str, torch.Tensor]:
         obj = torch.load(path, weights_only=True, map_location="cpu")
     except Exception as err:  # any failure of the restricted unpickler means "not usable"
         raise PretrainedError(f"--pretrained {path}: not a plain state_dict file, refused "
-                              f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})") from None
+                              f"({type(err).__name__}: {weights_only_reason(err)}); nothing in it was run") from None
     for key in ("state_dict", "model"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]

@@ -24,6 +24,7 @@ from . import argtypes, batches
 from . import checkpoint as ckpt
 from .augment import to_signed_unit
 from .data import Split, dataset_options, load_dataset
+from .errors import DataError
 from .models import build_model
 
 TOPK = (1, 5)
@@ -143,6 +144,9 @@ def main(argv=None) -> int:
     except ckpt.CheckpointError as err:
         print(f"mentormix-eval: {err}", file=sys.stderr)
         return 1
+    except DataError as err:
+        print(f"mentormix-eval: error: {err}", file=sys.stderr)
+        return 2
     out = Path(args.output) if args.output else Path(result["checkpoint"]).with_name(f"eval-{result['step']}.json")
     out.write_text(json.dumps(result, indent=2) + "\n")
     result["output"] = str(out)

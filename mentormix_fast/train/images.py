@@ -142,7 +142,7 @@ def _check_first_exists(root: Path, split: FileSplit, flag: str) -> None:
     first = root / split.relative_path(0)
     if not first.exists():
         raise DataFileNotFoundError(f"{split.where(0)}: {first} does not exist (paths in {flag} are relative to "
-                                f"--data-dir {root})")
+                                    f"--data-dir {root})")
 
 
 def load_filelist(data_dir, train_list, test_list, num_classes: int | None = None
@@ -164,7 +164,7 @@ def load_filelist(data_dir, train_list, test_list, num_classes: int | None = Non
         bad = np.flatnonzero(labels >= num_classes)
         if bad.size:
             raise DataError(f"{list_file}:{lines[bad[0]]}: label {labels[bad[0]]} is not below --num-classes "
-                             f"{num_classes}")
+                            f"{num_classes}")
     out = []
     for flag, list_file, paths, labels, lines in splits:
         split = FileSplit(root, np.array([p.encode() for p in paths]), torch.from_numpy(labels), str(list_file),
@@ -189,7 +189,7 @@ def load_imagefolder(data_dir) -> tuple[FileSplit, FileSplit, int]:
     if val_classes != classes:
         only_train, only_val = sorted(set(classes) - set(val_classes)), sorted(set(val_classes) - set(classes))
         raise DataError(f"--data-dir {root}: val/ has other classes than train/ (only in train/: {only_train}, "
-                         f"only in val/: {only_val}); both need the same class folders")
+                        f"only in val/: {only_val}); both need the same class folders")
     out = []
     for sub in ("train", "val"):
         entries = make_dataset(str(root / sub), class_to_idx, extensions=IMG_EXTENSIONS)

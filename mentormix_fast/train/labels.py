@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import DataError, DataFileNotFoundError
+from .errors import DataError, DataFileNotFoundError, weights_only_reason
 from .images import FileSplit
 from .noise import corruption_rate, load_or_make_noisy_labels
 
@@ -60,17 +60,6 @@ def _numpy_integer_array_globals() -> list:
             (reconstruct, "numpy._core.multiarray._reconstruct"), *int_dtypes]
 
 
-def _unpickler_reason(err: BaseException) -> str:
-    """The line of torch's weights-only error that says what was refused, without its advice."""
-    for line in str(err).splitlines():
-        if "Unsupported global:" in line:
-            return line[line.index("Unsupported global:"):].split(" was not an allowed global")[0].strip()
-        if "Can only build" in line and "but got " in line:
-            return f"it builds {line.split('but got ')[1].strip()}"
-    lines = str(err).strip().splitlines()
-    return lines[0] if lines else type(err).__name__
-
-
 def read_cifar_n(path) -> dict[str, np.ndarray]:
     """The arrays of a CIFAR-N ``.pt`` file, loaded without running anything in it; a file holding
     anything but a dict of NumPy integer arrays raises ``ValueError`` naming it."""
@@ -82,10 +71,10 @@ def read_cifar_n(path) -> dict[str, np.ndarray]:
             data = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         raise DataError(f"{path}: refused: not a CIFAR-N label file of NumPy integer arrays "
-                         f"({_unpickler_reason(err)}); nothing in it was run") from None
+                        f"({weights_only_reason(err)}); nothing in it was run") from None
     except (RuntimeError, OSError, EOFError, ValueError) as err:
         raise DataError(f"{path}: unreadable as a torch.save file ({type(err).__name__}: "
-                         f"{str(err).strip().splitlines()[0] if str(err).strip() else ''})") from None
+                        f"{str(err).strip().splitlines()[0] if str(err).strip() else ''})") from None
     if not isinstance(data, dict):
         raise DataError(f"{path}: expected a dict of label arrays (CIFAR-N), got a {type(data).__name__}")
     return data
@@ -99,13 +88,13 @@ def _cifar_n_array(path, data: dict, key: str, n: int, num_classes: int) -> np.n
         labels = labels.numpy()
     if not isinstance(labels, np.ndarray) or not np.issubdtype(labels.dtype, np.integer) or labels.ndim != 1:
         raise DataError(f"{path}: key {key!r}: expected a 1-D integer array, got "
-                         f"{getattr(labels, 'dtype', type(labels).__name__)} {getattr(labels, 'shape', '')}")
+                        f"{getattr(labels, 'dtype', type(labels).__name__)} {getattr(labels, 'shape', '')}")
     if len(labels) != n:
         raise DataError(f"{path}: key {key!r}: {len(labels)} labels, but the training split has {n} examples")
     bad = np.flatnonzero((labels < 0) | (labels >= num_classes))
     if bad.size:
         raise DataError(f"{path}: key {key!r}: label {labels[bad[0]]} at index {bad[0]} is outside "
-                         f"[0, {num_classes})")
+                        f"[0, {num_classes})")
     return labels.astype(np.int64)
 
 
@@ -114,7 +103,7 @@ def load_cifar_n(path, dataset: str, clean: np.ndarray, num_classes: int, key: s
     """(labels [N] int64, key) of a CIFAR-N file for ``dataset``'s training labels ``clean``."""
     if dataset not in CIFAR_N_KEYS:
         raise DataError(f"--noisy-labels {path}: a CIFAR-N .pt file is for cifar10/cifar100, not --dataset "
-                         f"{dataset}")
+                        f"{dataset}")
     key = key or CIFAR_N_DEFAULT_KEY[dataset]
     if key not in ALL_CIFAR_N_KEYS:
         raise DataError(f"--noisy-labels-key: {key!r} is not a CIFAR-N key (one of {ALL_CIFAR_N_KEYS})")
@@ -125,8 +114,8 @@ def load_cifar_n(path, dataset: str, clean: np.ndarray, num_classes: int, key: s
         if differ.size:
             i = differ[0]
             raise DataError(f"{path}: key 'clean_label' differs from the {dataset} training labels at index {i} "
-                             f"(file {given[i]}, dataset {clean[i]}): not this dataset's CIFAR-N file, or the "
-                             f"training split is not in the official order")
+                            f"(file {given[i]}, dataset {clean[i]}): not this dataset's CIFAR-N file, or the "
+                            f"training split is not in the official order")
     return _cifar_n_array(path, data, key, len(clean), num_classes), key
 
 
@@ -225,14 +214,14 @@ def _find(path, number: int, key: str, position: dict | None, n: int, train) -> 
     if position is None:
         if not _is_int(key) or not 0 <= int(key) < n:
             raise DataError(f"{path}:{number}: {key!r} is not an example index in [0, {n}) (this dataset has no "
-                             f"paths: give the index in the training split)")
+                            f"paths: give the index in the training split)")
         return int(key)
     norm = os.path.normpath(key)
     for candidate in (norm, train.prefix + norm):
         if candidate in position:
             return position[candidate]
     raise DataError(f"{path}:{number}: {key!r} is not a training image of the dataset (paths are relative to "
-                     f"--data-dir, as in the dataset's list)")
+                    f"--data-dir, as in the dataset's list)")
 
 
 # ------------------------------------------------------------------------------------------------

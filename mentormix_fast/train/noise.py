@@ -107,8 +107,8 @@ def asymmetric_map(dataset: str | None, num_classes: int) -> np.ndarray:
     """The class map [K] of ``asymmetric`` noise for ``dataset``; other datasets are an error."""
     if dataset not in ASYMMETRIC_MAPS or len(ASYMMETRIC_MAPS[dataset]) != num_classes:
         raise DataError(f"--noise-kind asymmetric: defined for cifar10 and cifar100 only (their class maps), "
-                         f"not for {dataset or 'this dataset'} with {num_classes} classes; use symmetric, "
-                         f"symmetric_exclusive or pairflip")
+                        f"not for {dataset or 'this dataset'} with {num_classes} classes; use symmetric, "
+                        f"symmetric_exclusive or pairflip")
     return ASYMMETRIC_MAPS[dataset]
 
 
@@ -168,11 +168,16 @@ def read_noise_file(path, clean: np.ndarray, num_classes: int) -> np.ndarray | N
     ``clean`` differs from ``clean`` (another dataset's file); a damaged or inconsistent file raises
     ``ValueError`` naming it."""
     hint = "delete it to regenerate it"
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if not magic.startswith(b"PK"):
+        # np.load would call any non-zip bytes "pickled data", which misleads
+        raise DataError(f"{path}: not an .npz file (it does not start as a zip archive does); {hint}")
     try:
         with np.load(path, allow_pickle=False) as stored:
             if "clean" not in stored.files or "noisy" not in stored.files:
                 raise DataError(f"{path}: not a noisy-label file (arrays {stored.files}, expected clean and "
-                                 f"noisy); {hint}")
+                                f"noisy); {hint}")
             stored_clean, noisy = stored["clean"], stored["noisy"]
     except (OSError, EOFError, ValueError, zipfile.BadZipFile) as err:
         if str(err).startswith(str(path)):
@@ -182,7 +187,7 @@ def read_noise_file(path, clean: np.ndarray, num_classes: int) -> np.ndarray | N
         return None
     if noisy.shape != clean.shape:
         raise DataError(f"{path}: noisy labels of shape {noisy.shape}, expected ({len(clean)},) like the "
-                         f"dataset; {hint}")
+                        f"dataset; {hint}")
     if not np.issubdtype(noisy.dtype, np.integer):
         raise DataError(f"{path}: noisy labels of dtype {noisy.dtype}, expected integers; {hint}")
     bad = np.flatnonzero((noisy < 0) | (noisy >= num_classes))

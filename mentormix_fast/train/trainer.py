@@ -230,11 +230,8 @@ class Trainer:
             # Rank 0 fetches (when asked) before the others read the cache.
             for turn in (True, False):
                 if self.info.is_main == turn:
-                    try:
-                        model, report = load_pretrained(model, args.model, args.pretrained, self.num_classes,
-                                                        in_channels, download and turn)
-                    except ValueError as err:
-                        raise SystemExit(str(err)) from None
+                    model, report = load_pretrained(model, args.model, args.pretrained, self.num_classes,
+                                                    in_channels, download and turn)
                     for line in report:
                         self.log(line)
                 if turn:

@@ -97,3 +97,16 @@ def test_a_diverging_run_stops_before_writing_a_checkpoint(tmp_path, capsys):
     for path in out.glob("ckpt-*.pt"):  # one written before the loss turned non-finite holds finite weights
         state = checkpoint.load(path)
         assert all(torch.isfinite(t).all() for t in state["model"].values() if t.is_floating_point()), path
+
+
+def test_evaluating_a_run_whose_images_moved_is_a_one_line_error(tmp_path, folder, capsys):
+    root, train, test = folder
+    train_list = write_list(tmp_path / "train.txt", train)
+    test_list = write_list(tmp_path / "test.txt", test)
+    out = tmp_path / "run"
+    assert train_main(["--dataset", "filelist", "--data-dir", str(root), "--train-list", train_list,
+                       "--test-list", test_list, "--model", "resnet8", "--workers", "0", "--max-steps", "2",
+                       "--out-dir", str(out), *COMMON]) == 0
+    assert evaluate.main([str(out), "--data-dir", str(tmp_path / "elsewhere"), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("mentormix-eval: error: ") and "elsewhere" in err, err

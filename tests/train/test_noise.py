@@ -153,3 +153,13 @@ def test_a_bad_stored_file_is_an_error_naming_it(tmp_path, change, message):
     path.write_bytes(b"PK\x03\x04 cut short")
     with pytest.raises(ValueError, match=rf"{path}: unreadable"):
         load_or_make_noisy_labels(tmp_path, "digits", clean, 0.4, 10, seed=2)
+
+
+@pytest.mark.parametrize("content", [b"", b"\x00garbage" * 100, b"\x80\x04K\x01."])
+def test_a_stored_file_that_is_no_npz_says_so(tmp_path, content):
+    clean = _labels(100)
+    path = noise_file(tmp_path, "digits", 0.4, 2)
+    path.parent.mkdir(parents=True)
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match=rf"{path}: not an .npz file .*delete it to regenerate it"):
+        load_or_make_noisy_labels(tmp_path, "digits", clean, 0.4, 10, seed=2)
