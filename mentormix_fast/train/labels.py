@@ -36,7 +36,7 @@ import torch
 
 from .errors import DataError, DataFileNotFoundError, weights_only_reason
 from .images import FileSplit
-from .noise import corruption_rate, load_or_make_noisy_labels
+from .noise import check_label_array, corruption_rate, load_or_make_noisy_labels
 
 CIFAR_N_KEYS = {
     "cifar10": ("clean_label", "aggre_label", "worse_label", "random_label1", "random_label2", "random_label3"),
@@ -86,16 +86,7 @@ def _cifar_n_array(path, data: dict, key: str, n: int, num_classes: int) -> np.n
     labels = data[key]
     if isinstance(labels, torch.Tensor):
         labels = labels.numpy()
-    if not isinstance(labels, np.ndarray) or not np.issubdtype(labels.dtype, np.integer) or labels.ndim != 1:
-        raise DataError(f"{path}: key {key!r}: expected a 1-D integer array, got "
-                        f"{getattr(labels, 'dtype', type(labels).__name__)} {getattr(labels, 'shape', '')}")
-    if len(labels) != n:
-        raise DataError(f"{path}: key {key!r}: {len(labels)} labels, but the training split has {n} examples")
-    bad = np.flatnonzero((labels < 0) | (labels >= num_classes))
-    if bad.size:
-        raise DataError(f"{path}: key {key!r}: label {labels[bad[0]]} at index {bad[0]} is outside "
-                        f"[0, {num_classes})")
-    return labels.astype(np.int64)
+    return check_label_array(labels, n, num_classes, f"{path}: key {key!r}")
 
 
 def load_cifar_n(path, dataset: str, clean: np.ndarray, num_classes: int, key: str | None = None

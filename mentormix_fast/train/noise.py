@@ -163,6 +163,22 @@ def load_or_make_noisy_labels(data_dir, dataset: str, clean, rate: float, num_cl
     return noisy, report
 
 
+def check_label_array(labels, n: int, num_classes: int, where: str, hint: str = "") -> np.ndarray:
+    """``labels`` as int64 [n] when it is a 1-D integer array of ``n`` labels in [0, ``num_classes``); else
+    :class:`DataError` starting with ``where`` (and ending with ``hint``)."""
+    tail = f"; {hint}" if hint else ""
+    if not isinstance(labels, np.ndarray) or labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+        raise DataError(f"{where}: expected a 1-D integer array of labels, got "
+                        f"{getattr(labels, 'dtype', type(labels).__name__)} of shape {getattr(labels, 'shape', '()')}"
+                        f"{tail}")
+    if len(labels) != n:
+        raise DataError(f"{where}: {len(labels)} labels, but the training split has {n} examples{tail}")
+    bad = np.flatnonzero((labels < 0) | (labels >= num_classes))
+    if bad.size:
+        raise DataError(f"{where}: label {labels[bad[0]]} at index {bad[0]} is outside [0, {num_classes}){tail}")
+    return labels.astype(np.int64)
+
+
 def read_noise_file(path, clean: np.ndarray, num_classes: int) -> np.ndarray | None:
     """The ``noisy`` labels [N] int64 stored in ``path`` (an .npz, read without pickle), or None when its
     ``clean`` differs from ``clean`` (another dataset's file); a damaged or inconsistent file raises
@@ -185,16 +201,7 @@ def read_noise_file(path, clean: np.ndarray, num_classes: int) -> np.ndarray | N
         raise DataError(f"{path}: unreadable noisy-label file ({type(err).__name__}: {err}); {hint}") from None
     if not np.array_equal(stored_clean, clean):
         return None
-    if noisy.shape != clean.shape:
-        raise DataError(f"{path}: noisy labels of shape {noisy.shape}, expected ({len(clean)},) like the "
-                        f"dataset; {hint}")
-    if not np.issubdtype(noisy.dtype, np.integer):
-        raise DataError(f"{path}: noisy labels of dtype {noisy.dtype}, expected integers; {hint}")
-    bad = np.flatnonzero((noisy < 0) | (noisy >= num_classes))
-    if bad.size:
-        raise DataError(f"{path}: noisy label {noisy[bad[0]]} at index {bad[0]} is outside [0, {num_classes}); "
-                         f"{hint}")
-    return noisy.astype(np.int64)
+    return check_label_array(noisy, len(clean), num_classes, f"{path}: array 'noisy'", hint)
 
 
 def main(argv=None) -> int:

@@ -134,8 +134,8 @@ def test_asymmetric_needs_a_cifar_dataset():
 
 
 @pytest.mark.parametrize("change, message", [
-    (lambda f: f.update(noisy=f["noisy"][:-1]), r"shape \(999,\), expected \(1000,\)"),
-    (lambda f: f.update(noisy=f["noisy"].astype(np.float32)), "dtype float32, expected integers"),
+    (lambda f: f.update(noisy=f["noisy"][:-1]), "999 labels, but the training split has 1000 examples"),
+    (lambda f: f.update(noisy=f["noisy"].astype(np.float32)), r"expected a 1-D integer array of labels, got float32 of shape \(1000,\)"),
     (lambda f: f.update(noisy=np.where(np.arange(1000) == 5, 10, f["noisy"])), r"label 10 at index 5 is outside"),
     (lambda f: f.update(noisy=np.array([object()] * 1000)), "unreadable noisy-label file"),
     (lambda f: f.pop("noisy"), "not a noisy-label file"),
