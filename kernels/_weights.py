@@ -13,14 +13,14 @@ import triton.language as tl
 
 @triton.jit
 def step_and_epoch(step_ptr, step, total_steps):
-    """``(t, e)``: the step t (read from ``step_ptr`` when given, else the value ``step``) and its
-    epoch ``min(floor(100 clamp(t, 0, T) / T), 99)`` (int64 scalars)."""
+    """``(c, e)``: the step t (read from ``step_ptr`` when given, else the value ``step``) clamped to
+    [0, T], and its epoch ``min(floor(100 c / T), 99)`` (int64 scalars)."""
     if step_ptr is not None:
         t = tl.load(step_ptr).to(tl.int64)
     else:
         t = step.to(tl.int64)
     clamped = tl.minimum(tl.maximum(t, 0), total_steps)
-    return t, tl.minimum(clamped * 100 // total_steps, 99)
+    return clamped, tl.minimum(clamped * 100 // total_steps, 99)
 
 
 @triton.jit

@@ -65,7 +65,7 @@ def _mixed_loss_one_program(z_ptr, stride_z, target_ptr, partner_ptr, lam_ptr, K
                             ROWS: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK: tl.constexpr):
     """The whole forward in one program. ``z_ptr`` None: ``m`` and ``lse`` are already computed;
     ``hist_ptr`` given: the percentile of the pool from its full radix histograms; ``steps_out``
-    (may be the step tensor itself) becomes ``t + 1``."""
+    (may be the step tensor itself) becomes ``clamp(t, 0, T) + 1``."""
     t, epoch = step_and_epoch(step_ptr, step, total_steps)  # read before the stores at the end
     if REWEIGHT:
         ma = tl.load(ma_ptr)
@@ -98,12 +98,10 @@ def _mixed_loss_blocks(m_ptr, B, given_w_ptr, rank, hist_ptr, ma_ptr, decay, mn_
 
 
 @triton.jit(do_not_specialize=["step"])
-def _sum_and_commit(part_ptr, G, B, loss_ptr, hist_ptr, rank, ma_ptr, decay, step_ptr, step, steps_out_ptr,
-                    REWEIGHT: tl.constexpr, BLOCK: tl.constexpr):
+def _sum_and_commit(part_ptr, G, B, loss_ptr, hist_ptr, rank, ma_ptr, decay, step_ptr, step, total_steps,
+                    steps_out_ptr, REWEIGHT: tl.constexpr, BLOCK: tl.constexpr):
     """``L = sum(part[0:G]) / B`` in a fixed order, then the state (one program, after the others)."""
-    t = step.to(tl.int64)
-    if step_ptr is not None:
-        t = tl.load(step_ptr).to(tl.int64)
+    t, _ = step_and_epoch(step_ptr, step, total_steps)
     acc = tl.zeros([BLOCK], tl.float32)
     for start in range(0, G, BLOCK):
         offs = start + tl.arange(0, BLOCK)
@@ -204,7 +202,7 @@ def mixed_loss(logits: torch.Tensor, target: torch.Tensor, partner: torch.Tensor
             m, batch, given_weights, rank, hist, ma, decay, mn, step_ptr, step_value, total_steps, burn_in_epoch,
             w_out, part, REWEIGHT=second_reweight, BLOCK=LARGE_BLOCK, num_warps=8)
         wrap_triton(_sum_and_commit)[(1,)](part, grid, batch, loss, hist, rank, ma, decay, step_ptr, step_value,
-                                           num_steps, REWEIGHT=second_reweight, BLOCK=1024)
+                                           total_steps, num_steps, REWEIGHT=second_reweight, BLOCK=1024)
     return loss, lse, w
 
 

@@ -100,9 +100,9 @@ class ReferenceOps:
                 loss = reference.weighted_mean(m, given_weights)
             if num_steps is not None:
                 if isinstance(step, torch.Tensor):
-                    num_steps.copy_(step.reshape(()).to(num_steps.device) + 1)
+                    num_steps.copy_(step.reshape(()).to(num_steps.device).clamp(0, total_steps) + 1)
                 else:
-                    num_steps.fill_(int(step) + 1)
+                    num_steps.fill_(min(max(int(step), 0), total_steps) + 1)
         return loss, lse, weights
 
     @staticmethod

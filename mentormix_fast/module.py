@@ -155,11 +155,12 @@ class MentorMix(nn.Module):
     # -- helpers ---------------------------------------------------------------------------------
 
     def _follow(self, device: torch.device) -> None:
-        # The state follows the logits (a metadata check, no sync), so users need not move the loss.
-        if self.loss_ma.device != device:
-            self.to(device)
+        # The state follows the logits (a metadata check, no sync), so users need not move the loss;
+        # only once the call is known to go through (a refused device must not carry the state away).
         if self.generator is not None and self.generator.device.type != device.type:
             raise ValueError(f"generator: on {self.generator.device}, but the logits are on {device}")
+        if self.loss_ma.device != device:
+            self.to(device)
 
     def _check_values(self, device: torch.device) -> bool:
         if self.validate == "auto":
@@ -230,9 +231,9 @@ class MentorMix(nn.Module):
         device = logits.device
         batch = logits.shape[0]
         target = validation.check_target(target, batch, logits.shape[1], device, self._check_values(device))
+        backend = dispatch.choose(self.backend, device, logits.dtype)
         self._follow(device)
         step = self._step(step, device)
-        backend = dispatch.choose(self.backend, device, logits.dtype)
         logits = logits.detach()
         uniform, beta = self._draws(backend, batch, device)
         pool = self._pool(backend, logits, target)
@@ -254,16 +255,16 @@ class MentorMix(nn.Module):
 
     def mixed_loss(self, logits_mixed: torch.Tensor, target: torch.Tensor, plan: MentorMixPlan, step=None):
         """Steps 8-9: the scalar loss on the second-pass logits (differentiable); updates
-        ``loss_ma_mixed`` when ``second_reweight`` and sets ``num_steps`` to ``step + 1``. Every
+        ``loss_ma_mixed`` when ``second_reweight`` and sets ``num_steps`` to ``clamp(step, 0, T) + 1``. Every
         argument is checked before any state moves, so a call that raised can be repeated."""
         validation.check_logits(logits_mixed, "logits_mixed")
         device = logits_mixed.device
         batch = logits_mixed.shape[0]
         target = validation.check_target(target, batch, logits_mixed.shape[1], device, self._check_values(device))
         self._check_plan(plan, batch, device)
+        backend = dispatch.choose(self.backend, device, logits_mixed.dtype)
         self._follow(device)
         step = self._step(step, device)
-        backend = dispatch.choose(self.backend, device, logits_mixed.dtype)
         c = self.config
         partner = plan.partner.to(torch.int64)
         compute = torch.float64 if logits_mixed.dtype == torch.float64 else torch.float32

@@ -293,3 +293,27 @@ def test_loading_a_state_dict_refolds_the_mentornet():
         net.fc2_bias.add_(0.25)
     a.refold_mentornet()
     assert not torch.equal(a.mentornet_folded, b.mentornet_folded)
+
+
+@pytest.mark.parametrize("step, count", [(-5, 1), (2**62, 38), (2**63 - 1, 38)])
+def test_a_tensor_step_outside_the_run_leaves_a_loadable_count(case, step, count):
+    """A tensor step is not read on the host; it is clamped to [0, T] (T = 37 here) for the epoch and for
+    ``num_steps``, so the module's own state_dict always loads back."""
+    mm = _module(case)
+    (out,) = _run(mm, _batches(case, 1), [torch.tensor(step, device=case.device)])
+    (ref,) = _run(_module(case), _batches(case, 1), [0 if step < 0 else 37])
+    assert torch.equal(out[0], ref[0]) and torch.equal(out[4], ref[4])  # the step's computation is the clamped one
+    assert int(mm.num_steps) == count
+    _module(case).load_state_dict(mm.state_dict())
+
+
+def test_a_refused_device_leaves_the_state_where_it_was(case):
+    """A call on a device the backend or the generator cannot serve raises before the state moves."""
+    mm = _module(case)
+    (z1, _, y), = _batches(case, 1)
+    mm.plan(z1, y, 3)
+    before = {k: v.clone() for k, v in mm.state_dict().items()}
+    with pytest.raises(ValueError, match="generator|backend"):
+        mm.plan(z1.to("meta"), y.to("meta"), 4)
+    assert all(torch.equal(v, before[k]) and v.device == before[k].device for k, v in mm.state_dict().items())
+    mm.plan(z1, y, 4)  # and the module goes on

@@ -19,6 +19,11 @@ C10_HOST_DEVICE inline int64_t epoch_of_step(int64_t t, int64_t total_steps) {
   return e > 99 ? 99 : e;
 }
 
+// The step count after step t: clamp(t, 0, T) + 1 (the clamp of epoch_of_step, so any int64 t is safe).
+C10_HOST_DEVICE inline int64_t steps_done(int64_t t, int64_t total_steps) {
+  return (t < 0 ? 0 : (t > total_steps ? total_steps : t)) + 1;
+}
+
 // t + 1 without signed overflow (wraps as the int64 tensor arithmetic does).
 C10_HOST_DEVICE inline int64_t add_one_wrapping(int64_t t) {
   return static_cast<int64_t>(static_cast<uint64_t>(t) + 1u);

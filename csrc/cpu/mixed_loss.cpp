@@ -99,7 +99,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> mixed_loss(
     weights = at::empty({0}, f32);
     *loss.data_ptr<float>() = weighted_mean(m_ptr, nullptr, B);
   }
-  if (num_steps.has_value()) *num_steps->data_ptr<int64_t>() = add_one_wrapping(t);
+  if (num_steps.has_value()) *num_steps->data_ptr<int64_t>() = steps_done(t, total_steps);
   return {loss, lse, weights};
 }
 

@@ -131,7 +131,7 @@ __global__ void __launch_bounds__(kBatchThreads, 1)
   if (threadIdx.x == 0) {
     *loss_out = static_cast<float>(total / static_cast<double>(B));
     if (reweight) *loss_ma_mixed = ma;
-    if (num_steps != nullptr) *num_steps = add_one_wrapping(t);
+    if (num_steps != nullptr) *num_steps = steps_done(t, p.total_steps);
   }
 }
 

@@ -89,9 +89,11 @@ def resolve_checkpoint(path) -> Path:
     path = Path(path)
     if path.is_file():
         return path
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path}: no such checkpoint file or run folder")
     found = ckpt.latest_checkpoint(path)
     if found is None:
-        raise FileNotFoundError(f"no ckpt-*.pt checkpoint in {path}")
+        raise FileNotFoundError(f"{path}: no ckpt-*.pt checkpoint in this folder")
     return found
 
 
@@ -144,7 +146,7 @@ def main(argv=None) -> int:
     except ckpt.CheckpointError as err:
         print(f"mentormix-eval: {err}", file=sys.stderr)
         return 1
-    except DataError as err:
+    except (DataError, FileNotFoundError) as err:
         print(f"mentormix-eval: error: {err}", file=sys.stderr)
         return 2
     out = Path(args.output) if args.output else Path(result["checkpoint"]).with_name(f"eval-{result['step']}.json")

@@ -110,3 +110,11 @@ def test_evaluating_a_run_whose_images_moved_is_a_one_line_error(tmp_path, folde
     assert evaluate.main([str(out), "--data-dir", str(tmp_path / "elsewhere"), "--device", "cpu"]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("mentormix-eval: error: ") and "elsewhere" in err, err
+
+
+@pytest.mark.parametrize("where", ["no-such-run", "no-such-run/ckpt-000000099.pt", "empty-folder"])
+def test_evaluating_a_missing_checkpoint_is_a_one_line_error(tmp_path, capsys, where):
+    (tmp_path / "empty-folder").mkdir()
+    assert evaluate.main([str(tmp_path / where)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"mentormix-eval: error: {tmp_path / where}: ") and "Traceback" not in err, err
