@@ -85,7 +85,7 @@ class FileSource:
         self.train_set = TrainImages(train, image_size, seed)
         self.test_set = TestImages(test, image_size)
         self.workers = workers
-        self._test_loaders: dict[int, DataLoader] = {}
+        self._test_batches: dict[int, _NormalizedBatches] = {}
 
     def _loader_options(self) -> dict:
         # Its own generator: a loader would otherwise draw its workers' base seed from torch's global RNG,
@@ -111,10 +111,9 @@ class FileSource:
             yield self._to_device(batch)
 
     def test_data(self, batch_size: int) -> _NormalizedBatches:
-        if batch_size not in self._test_loaders:
-            self._test_loaders[batch_size] = DataLoader(self.test_set, batch_size=batch_size, shuffle=False,
-                                                        **self._loader_options())
-        return _NormalizedBatches(self._test_loaders[batch_size], self.device)
+        if batch_size not in self._test_batches:
+            self._test_batches[batch_size] = _test_batches(self.test_set, batch_size, self.device, self.workers)
+        return self._test_batches[batch_size]
 
 
 def test_data(test, batch_size: int, device, *, image_size: int = 224, workers: int = 0):
@@ -123,10 +122,15 @@ def test_data(test, batch_size: int, device, *, image_size: int = 224, workers: 
     :class:`FileSplit` its (x float32 [B, 3, S, S] on ``device``, y int64 [B]) batches (re-iterable)."""
     if not isinstance(test, FileSplit):
         return test
-    loader = DataLoader(TestImages(test, image_size), batch_size=batch_size, shuffle=False, num_workers=workers,
-                        pin_memory=torch.device(device).type == "cuda", persistent_workers=workers > 0,
-                        generator=torch.Generator().manual_seed(0))
-    return _NormalizedBatches(loader, torch.device(device))
+    return _test_batches(TestImages(test, image_size), batch_size, torch.device(device), workers)
+
+
+def _test_batches(test_set: TestImages, batch_size: int, device: torch.device, workers: int) -> _NormalizedBatches:
+    """The test images in order, decoded by ``workers`` processes (kept between evaluations)."""
+    loader = DataLoader(test_set, batch_size=batch_size, shuffle=False, num_workers=workers,
+                        pin_memory=device.type == "cuda", persistent_workers=workers > 0,
+                        generator=torch.Generator().manual_seed(0))  # see FileSource._loader_options
+    return _NormalizedBatches(loader, device)
 
 
 class _NormalizedBatches:
